@@ -1,0 +1,310 @@
+"""Actors: one task, a bounded mailbox, ``call`` and ``cast`` (OTP's ``gen_server``).
+
+Theory of operation. An :class:`Actor` subclass defines ``handle(message)``. :func:`serve_actor`
+runs one *incarnation*: it builds a fresh actor from a factory (a clean initial state on every
+restart), opens the actor's nursery for its background tasks, runs ``init()``, binds the
+:class:`ActorRef` to a fresh mailbox, calls ``task_status.started(ref)`` and then handles messages
+one at a time, in arrival order.
+
+An :class:`ActorRef` outlives incarnations: pass the same ref to every incarnation
+(``actor_spec(..., ref=ref)``) and callers keep one handle across restarts. A call in flight when an
+incarnation dies, or queued in its mailbox, fails with :class:`ActorStopped`; a cast to a dead
+incarnation is dropped, as in Erlang. While no incarnation runs, ``call`` raises ActorStopped at
+once.
+
+Errors. Exceptions listed in ``expected_errors`` are *error replies*: ``call`` raises them in the
+caller and the actor keeps running (OTP's "errors as values"). Any other exception in ``handle``, in
+``init`` or in a background task crashes the incarnation, and its supervisor applies its policy.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from functools import partial
+from typing import Any, ClassVar
+
+import trio
+
+from ._groups import lone_exception
+from ._run import cleanup_scope
+from ._spec import ChildSpec, Restart, ShutdownTime
+from .errors import ActorStopped, CallTimeout, MailboxFull
+
+__all__ = ["DEFAULT_CALL_TIMEOUT", "Actor", "ActorRef", "actor_spec", "serve_actor"]
+
+DEFAULT_CALL_TIMEOUT = 5.0
+"""Seconds ``ActorRef.call`` waits by default (OTP's 5000 ms)."""
+
+_names = itertools.count(1)
+
+
+class _Pending:
+    """The reply slot of one call."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def resolve(self, value: Any = None, error: BaseException | None = None) -> None:
+        if not self.event.is_set():
+            self.value = value
+            self.error = error
+            self.event.set()
+
+
+class _Mailbox:
+    """The mailbox of one incarnation."""
+
+    __slots__ = ("pending", "send", "size")
+
+    def __init__(
+        self, send: trio.MemorySendChannel[tuple[Any, _Pending | None]], size: int
+    ) -> None:
+        self.send = send
+        self.size = size
+        self.pending: _Pending | None = None  # the call being handled right now
+
+
+class ActorRef:
+    """A handle to send messages to an actor, valid across its restarts.
+
+    Create one per long-lived actor (``ActorRef("kernel")``) and pass it to every incarnation, or
+    let :func:`serve_actor` make one per incarnation. Methods are safe to call from any Trio task.
+    """
+
+    __slots__ = ("_mailbox", "name")
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name if name is not None else f"actor-{next(_names)}"
+        self._mailbox: _Mailbox | None = None
+
+    def __repr__(self) -> str:
+        state = "alive" if self._mailbox is not None else "stopped"
+        return f"<ActorRef {self.name} {state}>"
+
+    @property
+    def alive(self) -> bool:
+        """True while an incarnation is bound and taking messages."""
+        return self._mailbox is not None
+
+    # OTP's call/2 contract: every cross-actor call carries its own timeout.
+    async def call(self, message: Any, *, timeout: float = DEFAULT_CALL_TIMEOUT) -> Any:  # noqa: ASYNC109
+        """Send ``message`` and wait for the reply, at most ``timeout`` seconds in all.
+
+        Waits for room when the mailbox is full (within the same timeout).
+
+        Raises:
+            CallTimeout: no reply in time (the actor may still handle the message later).
+            ActorStopped: no incarnation is running, or it died before replying.
+            Exception: an error reply (one of the actor's ``expected_errors``).
+        """
+        mailbox = self._mailbox
+        if mailbox is None:
+            raise ActorStopped(self.name)
+        pending = _Pending()
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await mailbox.send.send((message, pending))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                raise ActorStopped(self.name) from None
+            await pending.event.wait()
+        if scope.cancelled_caught:
+            raise CallTimeout(self.name, timeout)
+        if pending.error is not None:
+            raise pending.error
+        return pending.value
+
+    def cast(self, message: Any) -> None:
+        """Send ``message`` without waiting; never blocks.
+
+        Dropped silently when no incarnation runs (as in Erlang).
+
+        Raises:
+            MailboxFull: the bounded mailbox has no room.
+        """
+        mailbox = self._mailbox
+        if mailbox is None:
+            return
+        try:
+            mailbox.send.send_nowait((message, None))
+        except trio.WouldBlock:
+            raise MailboxFull(self.name, mailbox.size) from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+
+
+class Actor:
+    """Base class of actors. Subclass it and define :meth:`handle`.
+
+    Class attributes:
+        mailbox_size: bound of the mailbox (messages waiting, not counting the one being handled).
+        expected_errors: exception types that ``handle`` raises as error replies instead of
+        crashing.
+
+    Instances are made by a factory on every incarnation; keep all state on ``self``.
+    """
+
+    mailbox_size: ClassVar[int] = 64
+    expected_errors: ClassVar[tuple[type[Exception], ...]] = ()
+
+    _ref: ActorRef
+    _nursery: trio.Nursery
+
+    @property
+    def ref(self) -> ActorRef:
+        """This actor's ref (to hand to others, or to cast to itself)."""
+        return self._ref
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The incarnation's nursery, for background tasks (timers, watchers).
+
+        A background task that raises crashes the incarnation. All are cancelled when it stops.
+        """
+        return self._nursery
+
+    async def init(self) -> None:
+        """Prepare before taking messages; runs before ``started()``, so keep it short.
+
+        Raising here is a start error.
+        """
+
+    async def handle(self, message: Any) -> Any:
+        """Handle one message; the return value is the reply to a ``call`` (ignored for a cast)."""
+        raise NotImplementedError(f"{type(self).__name__} must define handle()")
+
+    async def terminate(self, reason: BaseException | None) -> None:
+        """Clean up when the incarnation ends, for any reason.
+
+        Runs after the background tasks were cancelled, inside :func:`cleanup_scope` (so within the
+        child's shutdown grace). ``reason`` is None after a normal exit, else the exception that
+        ended the incarnation (``trio.Cancelled`` when its supervisor stopped it).
+        """
+
+    def stop(self) -> None:
+        """End this incarnation normally once the current message (if any) is handled."""
+        self._stopping = True
+        if not self._handling:
+            self._nursery.cancel_scope.cancel()
+
+    _stopping = False
+    _handling = False
+
+
+async def _handle_loop(
+    actor: Actor,
+    mailbox: _Mailbox,
+    receive: trio.MemoryReceiveChannel[tuple[Any, _Pending | None]],
+) -> None:
+    """Handle messages one at a time until the actor stops itself or crashes."""
+    expected = actor.expected_errors
+    while True:  # not `async for`: one coroutine less per idle actor
+        try:
+            message, pending = await receive.receive()
+        except trio.EndOfChannel:
+            return
+        mailbox.pending = pending
+        actor._handling = True
+        try:
+            result = await actor.handle(message)
+        except expected as exc:
+            if pending is not None:
+                pending.resolve(error=exc)
+        else:
+            if pending is not None:
+                pending.resolve(result)
+        actor._handling = False
+        mailbox.pending = None
+        if actor._stopping:
+            actor._nursery.cancel_scope.cancel()
+            return
+
+
+async def serve_actor(
+    factory: Callable[..., Actor],
+    *args: Any,
+    ref: ActorRef | None = None,
+    task_status: trio.TaskStatus[ActorRef] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one incarnation of an actor until it stops; ``task_status.started(ref)`` when ready.
+
+    ``factory(*args)`` builds the actor (a class, usually). Returns when the actor calls ``stop()``;
+    raises what crashed it; is cancelled by its supervisor. ``terminate()`` runs in every case.
+    """
+    actor = factory(*args)
+    if ref is None:
+        ref = ActorRef(type(actor).__name__)
+    actor._ref = ref
+    size = actor.mailbox_size
+    send, receive = trio.open_memory_channel[tuple[Any, _Pending | None]](size)
+    mailbox = _Mailbox(send, size)
+    reason: BaseException | None = None
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                actor._nursery = nursery
+                await actor.init()
+                ref._mailbox = mailbox
+                task_status.started(ref)
+                await _handle_loop(actor, mailbox, receive)
+        except BaseExceptionGroup as group:
+            # The nursery wraps even the body's own error: unwrap a lone one for a readable reason.
+            lone = lone_exception(group)
+            if lone is None:
+                raise
+            reason = lone
+        if reason is not None:
+            raise reason
+    except BaseException as exc:
+        reason = exc
+        if isinstance(exc, BaseExceptionGroup) and exc.split(trio.Cancelled)[1] is None:
+            reason = exc.exceptions[0]  # stopped by its supervisor: report the Cancelled itself
+        raise
+    finally:
+        if ref._mailbox is mailbox:
+            ref._mailbox = None
+        _fail_pending(ref.name, mailbox, receive, reason)
+        with cleanup_scope():
+            await actor.terminate(reason)
+
+
+def _fail_pending(
+    name: str,
+    mailbox: _Mailbox,
+    receive: trio.MemoryReceiveChannel[tuple[Any, _Pending | None]],
+    reason: BaseException | None,
+) -> None:
+    """Answer ActorStopped to the call being handled and to every call still queued."""
+    if mailbox.pending is not None:
+        mailbox.pending.resolve(error=ActorStopped(name, reason))
+    mailbox.send.close()
+    while True:
+        try:
+            _message, pending = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+        if pending is not None:
+            pending.resolve(error=ActorStopped(name, reason))
+    receive.close()
+
+
+def actor_spec(
+    id: str,
+    factory: Callable[..., Actor],
+    *args: Any,
+    ref: ActorRef | None = None,
+    restart: Restart = Restart.PERMANENT,
+    shutdown: ShutdownTime | None = None,
+    significant: bool = False,
+) -> ChildSpec:
+    """A ChildSpec running ``factory(*args)`` as an actor.
+
+    Pass ``ref`` to keep one ActorRef across restarts. Under SIMPLE_ONE_FOR_ONE, the arguments given
+    to ``start_child(*extra)`` are appended to ``args``, and each child gets its own ref.
+    """
+    start = partial(serve_actor, factory, *args, ref=ref)
+    return ChildSpec(id, start, restart=restart, shutdown=shutdown, significant=significant)
