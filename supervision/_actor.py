@@ -6,11 +6,11 @@ restart), opens the actor's nursery for its background tasks, runs ``init()``, b
 :class:`ActorRef` to a fresh mailbox, calls ``task_status.started(ref)`` and then handles messages
 one at a time, in arrival order.
 
-An :class:`ActorRef` outlives incarnations: pass the same ref to every incarnation
-(``actor_spec(..., ref=ref)``) and callers keep one handle across restarts. A call in flight when an
-incarnation dies, or queued in its mailbox, fails with :class:`ActorStopped`; a cast to a dead
-incarnation is dropped, as in Erlang. While no incarnation runs, ``call`` raises ActorStopped at
-once.
+An :class:`ActorRef` outlives incarnations: every incarnation of one supervised child binds the same
+ref (or the one given as ``actor_spec(..., ref=ref)``), so callers keep one handle across restarts.
+A call in flight when an incarnation dies, or queued in its mailbox, fails with
+:class:`ActorStopped`; a cast to a dead incarnation is dropped, as in Erlang. While no incarnation
+runs, ``call`` raises ActorStopped at once.
 
 Errors. Exceptions listed in ``expected_errors`` are *error replies*: ``call`` raises them in the
 caller and the actor keeps running (OTP's "errors as values"). Any other exception in ``handle``, in
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import trio
 
 from ._groups import lone_exception
-from ._run import cleanup_scope
+from ._run import _claim_child_slot, cleanup_scope
 from ._spec import ChildSpec, Restart, ShutdownTime
 from .errors import ActorStopped, CallTimeout, MailboxFull
 
@@ -232,12 +232,20 @@ async def serve_actor(
 ) -> None:
     """Run one incarnation of an actor until it stops; ``task_status.started(ref)`` when ready.
 
+    Without ``ref``, an actor that is a supervised child's start function reuses the ref of that
+    child's earlier incarnations (one per child id); elsewhere it gets a fresh ref.
+
     ``factory(*args)`` builds the actor (a class, usually). Returns when the actor calls ``stop()``;
     raises what crashed it; is cancelled by its supervisor. ``terminate()`` runs in every case.
     """
     actor = factory(*args)
     if ref is None:
-        ref = ActorRef(type(actor).__name__)
+        claimed = _claim_child_slot()
+        if claimed is None:
+            ref = ActorRef(type(actor).__name__)
+        else:
+            child_id, slot = claimed
+            ref = slot.setdefault("actor_ref", ActorRef(child_id))
     actor._ref = ref
     size = actor.mailbox_size
     send, receive = trio.open_memory_channel[tuple[Any, _Pending | None]](size)
@@ -303,8 +311,10 @@ def actor_spec(
 ) -> ChildSpec:
     """A ChildSpec running ``factory(*args)`` as an actor.
 
-    Pass ``ref`` to keep one ActorRef across restarts. Under SIMPLE_ONE_FOR_ONE, the arguments given
-    to ``start_child(*extra)`` are appended to ``args``, and each child gets its own ref.
+    Every incarnation of the child gets the same ActorRef (named after the child's id), so a ref
+    taken from ``start_child`` or ``which_children`` stays valid across restarts; pass ``ref`` to
+    create it yourself beforehand. Under SIMPLE_ONE_FOR_ONE the arguments given to
+    ``start_child(*extra)`` are appended to ``args``, and each child gets its own ref.
     """
     start = partial(serve_actor, factory, *args, ref=ref)
     return ChildSpec(id, start, restart=restart, shutdown=shutdown, significant=significant)

@@ -66,6 +66,8 @@ class _Run:
 
     child_id: str
     grace: ShutdownTime
+    slot: dict[str, Any] = attrs.field(factory=dict)  # shared by every incarnation of the child
+    claimed: bool = False  # the child's own serve_actor has taken the slot's ActorRef
     scope: trio.CancelScope = attrs.field(factory=lambda: trio.CancelScope(shield=True))
     done: trio.Event = attrs.field(factory=trio.Event)
     started: bool = False
@@ -81,6 +83,19 @@ class _Run:
         if self.stop_requested_at is None:
             self.stop_requested_at = trio.current_time()
         self.scope.cancel()
+
+
+def _claim_child_slot() -> tuple[str, dict[str, Any]] | None:
+    """The current child's id and slot, for the first caller in this incarnation only.
+
+    ``serve_actor`` uses it to keep one ActorRef per child id across restarts; a sub-actor started
+    later inside the same child gets None (and its own ref).
+    """
+    run = _CURRENT.get()
+    if run is None or run.claimed:
+        return None
+    run.claimed = True
+    return run.child_id, run.slot
 
 
 @contextmanager

@@ -84,6 +84,7 @@ class _Child:
     restarts: int = 0
     started_once: bool = False
     last_exit: Exit | None = None
+    slot: dict[str, Any] = attrs.field(factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -373,7 +374,7 @@ class Supervisor:
     async def _start(self, child: _Child) -> None:
         """Start one incarnation; raise StartError, or leave it RUNNING (STOPPED if it ignored)."""
         assert self._nursery is not None
-        run = _Run(child.id, child.spec.shutdown)
+        run = _Run(child.id, child.spec.shutdown, slot=child.slot)
         if child.started_once:
             child.restarts += 1
         child.started_once = True

@@ -69,7 +69,7 @@ def module_of(path: Path) -> list[str]:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[0] in ROOT_PACKAGES:
         parts = ["trionsm", *parts]
-    return parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+    return parts[:-1]  # the file's package; for __init__.py that is the package itself
 
 
 def imports_of(path: Path) -> Iterator[tuple[int, str]]:
@@ -153,9 +153,9 @@ def _third_party_rule(path: Path, layer: str, top: str) -> str | None:
         return "pyroute2 only inside kernel/"
     if top == "trio_asyncio" and rel != "transport/_aio.py":
         return "trio-asyncio only in transport/_aio.py"
-    if top == "grpclib" and layer != "api" and not (layer == "transport" and "grpc" in rel):
-        if not rel.startswith("transport/_etcd"):
-            return "grpclib only in transport's gRPC modules and the generated api"
+    grpc_module = layer == "transport" and ("grpc" in rel or rel.startswith("transport/_etcd"))
+    if top == "grpclib" and layer != "api" and not grpc_module:
+        return "grpclib only in transport's gRPC modules and the generated api"
     if top == "zmq" and not (layer == "transport" and "zmq" in rel):
         return "pyzmq only in transport's ZeroMQ modules"
     if top == "cryptography" and layer != "identity":

@@ -252,6 +252,22 @@ async def test_an_init_failure_is_a_start_error() -> None:
     assert isinstance(info.value.__cause__, PermissionError)
 
 
+async def test_a_ref_from_the_supervisor_stays_valid_across_restarts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log: list[Any] = []
+    async with open_supervisor([actor_spec("counter", Counter, log)], intensity=5) as sup:
+        ref = sup.which_children()[0].value
+        assert ref.name == "counter"  # named after the child id
+        for _ in range(3):
+            with pytest.raises(ActorStopped):
+                await ref.call(Fail("crash"))
+            await wait_until(lambda: ref.alive)
+            assert sup.which_children()[0].value is ref
+        assert await ref.call(Add(7)) == 7
+        assert sup.which_children()[0].restarts == 3
+
+
 async def test_simple_one_for_one_actors_get_their_own_refs() -> None:
     log: list[Any] = []
     async with open_supervisor(
