@@ -1,4 +1,4 @@
-"""The forwarder role (shared/DESIGN.md §5); its actors land with the issue that builds it."""
+"""The forwarder role: programs the data plane for each connection. Not built yet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The nsmgr role (shared/DESIGN.md §5); its actors land with the issue that builds it."""
+"""The nsmgr role: the node's network service manager. Its actors are not built yet."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The registry role (shared/DESIGN.md §5); its actors land with the issue that builds it."""
+"""The registry role: network services and endpoints with expiry. Not built yet."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The repository's shape: one import name, the symlinked packages, the layering, the lazy facade,
-the wheel's contents and the console script (shared/DESIGN.md §1)."""
+the wheel's contents and the console script."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ROOT_PACKAGES = ("actors", "transport", "kernel", "supervision")
 BARE_BANNED = {*ROOT_PACKAGES, "scenarios"}
 SKIP_DIRS = {".venv", ".git", "build", "dist", "__pycache__", ".mypy_cache", ".ruff_cache"}
 
-# Layer of each internal module and the internal layers it may import (DESIGN.md §1).
+# Layer of each internal module and the internal layers it may import (see the README).
 ALLOWED: dict[str, set[str]] = {
     "api": {"api"},
     "errors": set(),
@@ -139,7 +139,7 @@ def test_layering() -> None:
             target = internal_layer(module)
             if target is not None and target not in allowed:
                 offenders.append(f"{path.relative_to(ROOT)}:{line}: {layer} -> {module}")
-    assert offenders == [], "layering violations (DESIGN.md §1):\n" + "\n".join(offenders)
+    assert offenders == [], "layering violations:\n" + "\n".join(offenders)
 
 
 def _third_party_rule(path: Path, layer: str, top: str) -> str | None:

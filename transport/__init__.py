@@ -1,9 +1,94 @@
-"""How calls travel: ``inproc://``, gRPC (``unix://``, ``tcp://``) and ZeroMQ (``zmq+tcp://``,
-``zmq+ipc://``), chosen by URL scheme, with one interface and one typed error mapping.
+"""How calls travel: one interface, several carriers, chosen by URL scheme.
 
-Lands with the API and transport work; empty until then.
+| scheme | carrier |
+|---|---|
+| ``inproc://name`` | direct calls in one Trio run (tests, scenarios, embedded nodes) |
+| ``unix:///path``, ``tcp://host:port`` | gRPC over grpclib (NSM's wire format) *(next)* |
+| ``zmq+tcp://host:port``, ``zmq+ipc:///path`` | ZeroMQ ROUTER/DEALER *(next)* |
+| ``inode://dev/ino`` | NSM's out-of-band fd reference: parsed and passed on, never dialed |
+
+Map:
+
+* :func:`serve` runs a server for a set of handlers (``{NETWORK_SERVICE: obj, ...}``) until
+  cancelled; :func:`open_client` yields a :class:`Client` with typed stubs for every service.
+* :data:`METHODS`, :class:`ServiceSpec`, :class:`MethodSpec`: the NSM v1 services as data.
+* :class:`CallContext` (deadline, metadata, peer) reaches every handler; :class:`CallOptions`
+  carries a client's deadline and metadata.
+* :func:`parse_url` and :class:`Address`: the project's one URL parser.
+
+Guarantees, on every carrier: the same typed errors from :mod:`trionsm.errors` (hop, service and
+reason survive the trip); handlers run under the caller's deadline; a handler bug is
+``Internal`` for that caller while the server keeps serving; leaving a stream's context cancels
+it on the server; a server that goes away is ``Unavailable`` to its clients.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ._channel import CallOptions, Channel, ClientStream
+from ._context import CLIENT_TOKEN, CLIENT_TOKEN_EXPIRES, REGISTRY_PATH, CallContext, Peer
+from ._dispatch import Dispatcher, Handlers
+from ._entry import open_client, serve
+from ._inproc import InprocChannel, InprocFaults, InprocServer, serve_inproc
+from ._services import (
+    HEALTH,
+    IPAM,
+    METHODS,
+    MONITOR_CONNECTION,
+    NETWORK_SERVICE,
+    NS_REGISTRY,
+    NSE_REGISTRY,
+    SERVICES,
+    Cardinality,
+    MethodSpec,
+    ServiceSpec,
+)
+from ._stubs import (
+    Client,
+    HealthClient,
+    IpamClient,
+    MonitorConnectionClient,
+    NetworkServiceClient,
+    NetworkServiceEndpointRegistryClient,
+    NetworkServiceRegistryClient,
+)
+from ._url import Address, Scheme, parse_url
+
+__all__ = [
+    "CLIENT_TOKEN",
+    "CLIENT_TOKEN_EXPIRES",
+    "HEALTH",
+    "IPAM",
+    "METHODS",
+    "MONITOR_CONNECTION",
+    "NETWORK_SERVICE",
+    "NSE_REGISTRY",
+    "NS_REGISTRY",
+    "REGISTRY_PATH",
+    "SERVICES",
+    "Address",
+    "CallContext",
+    "CallOptions",
+    "Cardinality",
+    "Channel",
+    "Client",
+    "ClientStream",
+    "Dispatcher",
+    "Handlers",
+    "HealthClient",
+    "InprocChannel",
+    "InprocFaults",
+    "InprocServer",
+    "IpamClient",
+    "MethodSpec",
+    "MonitorConnectionClient",
+    "NetworkServiceClient",
+    "NetworkServiceEndpointRegistryClient",
+    "NetworkServiceRegistryClient",
+    "Peer",
+    "Scheme",
+    "ServiceSpec",
+    "open_client",
+    "parse_url",
+    "serve",
+    "serve_inproc",
+]

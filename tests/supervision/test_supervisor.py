@@ -1,4 +1,4 @@
-"""The named OTP edge cases of shared/STYLE.md part B, one test each.
+"""The named OTP supervisor edge cases, one test each.
 
 Timer logic runs under ``autojump_clock``; order is checked on recorded events, never with sleeps.
 """

@@ -1,0 +1,387 @@
+"""One conformance suite, run against every carrier.
+
+Each carrier gets the same calls and must give the same answers: unary and streaming calls, cancel
+from either side, deadlines, the typed error mapping, many concurrent streams, large messages,
+server death mid-stream and reconnection after a restart on the same URL. The carriers are listed
+in ``CARRIERS``; inproc runs twice, once with every message and error encoded as on the wire.
+
+These tests use the real clock (the gRPC and ZeroMQ carriers do real I/O); every wait is bounded
+with ``fail_after`` as a hang catcher.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trionsm.api.connection import Connection, ConnectionEvent, MonitorScopeSelector
+from trionsm.api.google.protobuf import Empty
+from trionsm.api.ipam import PrefixRequest, PrefixResponse
+from trionsm.api.networkservice import NetworkServiceRequest
+from trionsm.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    TrionsmError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+from trionsm.transport import (
+    IPAM,
+    MONITOR_CONNECTION,
+    NETWORK_SERVICE,
+    CallContext,
+    CallOptions,
+    open_client,
+    serve,
+)
+
+HANG = 30  # seconds: a hang catcher, not a speed test
+
+_names = itertools.count()
+
+
+@attrs.frozen
+class Carrier:
+    name: str
+    url: Callable[[], str]
+    roundtrip_bytes: bool = False
+
+
+CARRIERS = [
+    Carrier("inproc", lambda: f"inproc://conformance-{next(_names)}"),
+    Carrier("inproc-bytes", lambda: f"inproc://conformance-{next(_names)}", roundtrip_bytes=True),
+]
+
+
+@pytest.fixture(params=CARRIERS, ids=lambda c: c.name)
+def carrier(request: pytest.FixtureRequest) -> Carrier:
+    return request.param  # type: ignore[no-any-return]
+
+
+ERRORS = [
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    Unauthenticated,
+    ResourceExhausted,
+    FailedPrecondition,
+    Unavailable,
+    DeadlineExceeded,
+]
+
+
+class Service:
+    """NetworkService + MonitorConnection + IPAM handlers with knobs for the tests."""
+
+    def __init__(self) -> None:
+        self.seen: list[CallContext] = []
+        self.stream_closed = trio.Event()
+        self.stream_started = trio.Event()
+
+    async def request(self, request: NetworkServiceRequest, ctx: CallContext) -> Connection:
+        self.seen.append(ctx)
+        connection = request.connection or Connection()
+        command = connection.labels.get("do", "")
+        if command == "sleep":
+            await trio.sleep(float(connection.labels["seconds"]))
+        elif command == "raise":
+            error: type[TrionsmError] = globals()[connection.labels["error"]]
+            raise error("told to fail", hop="endpoint-1", service=connection.network_service)
+        elif command == "crash":
+            raise ZeroDivisionError("a bug in the handler")
+        return Connection(
+            id=connection.id,
+            network_service=connection.network_service,
+            labels={**connection.labels, "served": "yes"},
+        )
+
+    async def close(self, connection: Connection, ctx: CallContext) -> Empty:
+        return Empty()
+
+    async def monitor_connections(
+        self, selector: MonitorScopeSelector, ctx: CallContext
+    ) -> AsyncIterator[ConnectionEvent]:
+        self.stream_started.set()
+        try:
+            names = selector.network_services
+            count = int(names[0]) if names else 0
+            for n in range(count):
+                yield ConnectionEvent(connections={str(n): Connection(id=str(n))})
+            if len(names) > 1 and names[1] == "fail":
+                raise NotFound("no more events", hop="endpoint-1", service="icmp")
+            if len(names) > 1 and names[1] == "forever":
+                await trio.sleep_forever()
+        finally:
+            self.stream_closed.set()
+
+    async def manage_prefixes(
+        self, requests: AsyncIterator[PrefixRequest], ctx: CallContext
+    ) -> AsyncIterator[PrefixResponse]:
+        async for request in requests:
+            yield PrefixResponse(prefix=request.prefix, exclude_prefixes=["done"])
+
+
+async def start(
+    nursery: trio.Nursery, carrier: Carrier, service: Service, url: str | None = None
+) -> Any:
+    handlers = {NETWORK_SERVICE: service, MONITOR_CONNECTION: service, IPAM: service}
+    return await nursery.start(
+        lambda task_status: serve(
+            url or carrier.url(),
+            handlers,
+            hop="endpoint-1",
+            roundtrip_bytes=carrier.roundtrip_bytes,
+            task_status=task_status,
+        )
+    )
+
+
+async def drain(
+    stream: AbstractAsyncContextManager[AsyncIterator[Any]],
+    received: list[Any] | None = None,
+    on_event: Callable[[], object] | None = None,
+) -> list[Any]:
+    """Consume a stream to its end, keeping what arrived (also when it ends with an error)."""
+    received = [] if received is None else received
+    async with stream as events:
+        async for event in events:
+            received.append(event)
+            if on_event is not None:
+                on_event()
+    return received
+
+
+def connection(**labels: str) -> NetworkServiceRequest:
+    return NetworkServiceRequest(
+        connection=Connection(id="c-1", network_service="icmp", labels=labels)
+    )
+
+
+async def test_unary_round_trip_with_metadata(carrier: Carrier, nursery: trio.Nursery) -> None:
+    service = Service()
+    server = await start(nursery, carrier, service)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            reply = await client.network_service.request(
+                connection(app="nsc"), metadata={"NSM-Client-Token": "jwt.token"}
+            )
+            assert reply.labels == {"app": "nsc", "served": "yes"}
+            assert await client.network_service.close(reply) == Empty()
+    ctx = service.seen[0]
+    assert ctx.method == "/networkservice.NetworkService/Request"
+    assert ctx.client_token == "jwt.token"
+    assert ctx.peer is not None
+
+
+async def test_server_stream_ends_cleanly(carrier: Carrier, nursery: trio.Nursery) -> None:
+    server = await start(nursery, carrier, Service())
+    with trio.fail_after(HANG):
+        async with (
+            open_client(server.url) as client,
+            client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["5"])
+            ) as events,
+        ):
+            ids = [next(iter(event.connections)) async for event in events]
+    assert ids == ["0", "1", "2", "3", "4"]
+
+
+async def test_an_error_ends_a_stream_after_the_events_before_it(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    server = await start(nursery, carrier, Service())
+    received: list[ConnectionEvent] = []
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            events = client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["3", "fail"])
+            )
+            with pytest.raises(NotFound, match="no more events") as info:
+                await drain(events, received)
+    assert len(received) == 3
+    assert (info.value.hop, info.value.service) == ("endpoint-1", "icmp")
+
+
+async def test_leaving_the_stream_cancels_the_handler(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    service = Service()
+    server = await start(nursery, carrier, service)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            async with client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["1", "forever"])
+            ) as events:
+                async for _event in events:
+                    break
+            await service.stream_closed.wait()
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+async def test_errors_cross_as_their_own_class(
+    carrier: Carrier, nursery: trio.Nursery, error: type[TrionsmError]
+) -> None:
+    server = await start(nursery, carrier, Service())
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(error) as info:
+                await client.network_service.request(connection(do="raise", error=error.__name__))
+            assert type(info.value) is error
+            assert info.value.reason == "told to fail"
+            assert info.value.hop == "endpoint-1"
+            assert info.value.service == "icmp"
+            # the server keeps serving
+            assert (await client.network_service.request(connection())).labels["served"] == "yes"
+
+
+async def test_a_handler_bug_is_internal_and_the_server_keeps_serving(
+    carrier: Carrier, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start(nursery, carrier, Service())
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(Internal, match="ZeroDivisionError: a bug in the handler"):
+                await client.network_service.request(connection(do="crash"))
+            assert (await client.network_service.request(connection())).labels["served"] == "yes"
+    assert "handler for /networkservice.NetworkService/Request crashed" in caplog.text
+
+
+async def test_unary_deadline(carrier: Carrier, nursery: trio.Nursery) -> None:
+    server = await start(nursery, carrier, Service())
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(DeadlineExceeded):
+                await client.network_service.request(
+                    connection(do="sleep", seconds="10"), timeout=0.2
+                )
+
+
+async def test_stream_deadline(carrier: Carrier, nursery: trio.Nursery) -> None:
+    server = await start(nursery, carrier, Service())
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            events = client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["1", "forever"]), timeout=0.2
+            )
+            with pytest.raises(DeadlineExceeded):
+                await drain(events)
+
+
+async def test_an_unknown_method_is_unimplemented(carrier: Carrier, nursery: trio.Nursery) -> None:
+    server = await start(nursery, carrier, Service())
+    bogus = attrs.evolve(NETWORK_SERVICE.methods[0], name="Teleport")
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(Unimplemented, match="Teleport"):
+                await client.channel.unary(bogus, connection(), CallOptions())
+
+
+async def test_a_thousand_concurrent_streams_on_one_client(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    server = await start(nursery, carrier, Service())
+    done = 0
+
+    async def watch(client: Any) -> None:
+        nonlocal done
+        async with client.monitor_connection.monitor_connections(
+            MonitorScopeSelector(network_services=["2"])
+        ) as events:
+            assert len([event async for event in events]) == 2
+        done += 1
+
+    with trio.fail_after(HANG * 4):
+        async with open_client(server.url) as client, trio.open_nursery() as streams:
+            for _ in range(1000):
+                streams.start_soon(watch, client)
+    assert done == 1000
+
+
+async def test_large_messages(carrier: Carrier, nursery: trio.Nursery) -> None:
+    server = await start(nursery, carrier, Service())
+    big = "x" * (1 << 20)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            reply = await client.network_service.request(connection(blob=big))
+    assert reply.labels["blob"] == big
+
+
+async def test_server_death_mid_stream_is_unavailable(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    service = Service()
+    server_scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run_server(task_status: trio.TaskStatus[Any]) -> None:
+        with server_scope:
+            async with trio.open_nursery() as inner:
+                task_status.started(await start(inner, carrier, service))
+        stopped.set()
+
+    server = await nursery.start(run_server)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            events = client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["1", "forever"])
+            )
+            with pytest.raises(Unavailable):
+                await drain(events, on_event=server_scope.cancel)
+            await stopped.wait()
+            with pytest.raises(Unavailable):
+                await client.network_service.request(connection())
+
+
+async def test_reconnect_after_the_server_restarts_on_the_same_url(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    url = carrier.url()
+    with trio.fail_after(HANG):
+        async with open_client(url) as client:
+            async with trio.open_nursery() as first:
+                await start(first, carrier, Service(), url)
+                assert (await client.network_service.request(connection())).id == "c-1"
+                first.cancel_scope.cancel()
+            with pytest.raises(Unavailable):
+                await client.network_service.request(connection())
+            await start(nursery, carrier, Service(), url)
+            assert (await client.network_service.request(connection())).id == "c-1"
+
+
+async def test_bidirectional_stream(carrier: Carrier, nursery: trio.Nursery) -> None:
+    server = await start(nursery, carrier, Service())
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client, client.ipam.manage_prefixes() as stream:
+            for prefix in ("169.254.1.0/24", "169.254.2.0/24"):
+                await stream.send(PrefixRequest(prefix=prefix))
+            await stream.end()
+            replies = [reply async for reply in stream]
+    assert [r.prefix for r in replies] == ["169.254.1.0/24", "169.254.2.0/24"]  # type: ignore[attr-defined]
+
+
+async def test_messages_are_not_mutated_by_the_trip(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    server = await start(nursery, carrier, Service())
+    request = connection(app="nsc")
+    assert request.connection is not None
+    request.connection.path = None
+    before = bytes(request)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            await client.network_service.request(request)
+    assert bytes(request) == before

@@ -1,0 +1,72 @@
+"""The carrier interface: what a client-side channel must do, whatever carries the bytes.
+
+A carrier (inproc, gRPC, ZeroMQ) implements :class:`Channel`; the typed stubs in ``_stubs`` sit on
+top of it, so callers never see which carrier is in use. Every carrier raises the same
+:mod:`trionsm.errors` classes: an unreachable or vanished server is :class:`Unavailable`, a passed
+deadline :class:`DeadlineExceeded`, a method the server lacks :class:`Unimplemented`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import attrs
+import betterproto2
+
+from ._context import _freeze
+from ._services import MethodSpec
+
+__all__ = ["CallOptions", "Channel", "ClientStream"]
+
+
+@attrs.frozen(eq=False)
+class CallOptions:
+    """Per-call options: an absolute deadline (``trio.current_time()`` seconds) and metadata."""
+
+    deadline: float = math.inf
+    metadata: Mapping[str, str] = attrs.field(default=None, converter=_freeze)
+
+
+class ClientStream(Protocol):
+    """One streaming call as seen by the client.
+
+    ``send``/``end`` feed a client-streaming (bidi) call; iterate for the replies. Iteration ends
+    when the server ends the stream cleanly and raises the server's error otherwise.
+    """
+
+    async def send(self, message: betterproto2.Message) -> None: ...
+
+    async def end(self) -> None: ...
+
+    def __aiter__(self) -> AsyncIterator[betterproto2.Message]: ...
+
+
+class Channel(Protocol):
+    """A client's connection to one server URL."""
+
+    @property
+    def target(self) -> str:
+        """The server's URL (for error messages and ``CallContext.peer``)."""
+        ...
+
+    async def unary(
+        self, method: MethodSpec, request: betterproto2.Message, options: CallOptions
+    ) -> betterproto2.Message:
+        """One request, one reply."""
+        ...
+
+    def stream(
+        self, method: MethodSpec, request: betterproto2.Message | None, options: CallOptions
+    ) -> AbstractAsyncContextManager[ClientStream]:
+        """Open a streaming call; ``request`` is sent first (None for bidi: use ``send``).
+
+        Leaving the context cancels the call on the server.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight fail with Unavailable."""
+        ...

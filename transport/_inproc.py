@@ -1,0 +1,320 @@
+"""The inproc carrier: servers and clients in one Trio run, joined by direct calls.
+
+Theory of operation. ``serve_inproc`` registers a server under its name in a per-run table (a
+``RunVar``, so two ``trio.run`` calls never see each other's servers). A unary call runs the handler
+in the caller's task, inside a cancel scope the server can cancel when it stops; a streaming call
+runs the handler in a task of the server's nursery and hands replies over a small memory channel,
+so backpressure, cancellation from either side and server death behave as on a real socket. Clients
+look the server up on every call, so a server restarted on the same URL is found again.
+
+Messages are shared read-only: a handler never mutates what it received. With
+``roundtrip_bytes=True`` every request, reply and error is encoded and decoded as on the wire, so
+the conformance suite catches what only a real socket would show. :class:`InprocFaults` lets
+tests make the next calls fail or drop every stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import attrs
+import betterproto2
+import trio
+
+from trionsm.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    TrionsmError,
+    Unavailable,
+    error_for_status,
+)
+
+from ._channel import CallOptions, ClientStream
+from ._context import CallContext, Peer
+from ._dispatch import Dispatcher
+from ._services import MethodSpec
+
+__all__ = ["InprocChannel", "InprocFaults", "InprocServer", "serve_inproc"]
+
+_SERVERS: trio.lowlevel.RunVar[dict[str, InprocServer]] = trio.lowlevel.RunVar("trionsm_inproc")
+_STREAM_BUFFER = 16
+
+
+def _servers() -> dict[str, InprocServer]:
+    try:
+        return _SERVERS.get()
+    except LookupError:
+        table: dict[str, InprocServer] = {}
+        _SERVERS.set(table)
+        return table
+
+
+@attrs.define
+class InprocFaults:
+    """Fault hooks for tests: fail the next calls, drop the streams in flight, count calls."""
+
+    calls: int = 0
+    _fail: list[TrionsmError] = attrs.field(factory=list)
+
+    def fail_next(self, count: int, error: TrionsmError) -> None:
+        """Make the next ``count`` calls fail with ``error`` before reaching a handler."""
+        self._fail.extend([error] * count)
+
+    def _take(self) -> TrionsmError | None:
+        self.calls += 1
+        return self._fail.pop(0) if self._fail else None
+
+
+def _copy(message: betterproto2.Message, roundtrip: bool) -> betterproto2.Message:
+    """The message as the far side would see it (the same object unless ``roundtrip``)."""
+    if not roundtrip:
+        return message
+    try:
+        return type(message).parse(bytes(message))
+    except Exception as exc:  # a value betterproto2 cannot encode, or bytes it cannot parse
+        raise InvalidArgument(
+            f"{type(message).__name__} does not survive the wire: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _wire_error(error: TrionsmError, roundtrip: bool) -> TrionsmError:
+    if not roundtrip:
+        return error
+    return error_for_status(error.status, error.reason, hop=error.hop, service=error.service)
+
+
+class InprocServer:
+    """A running inproc server (what ``serve_inproc`` passes to ``task_status.started``)."""
+
+    def __init__(self, name: str, dispatcher: Dispatcher, nursery: trio.Nursery, roundtrip: bool):
+        self.name = name
+        self.url = f"inproc://{name}"
+        self.dispatcher = dispatcher
+        self.faults = InprocFaults()
+        self.roundtrip_bytes = roundtrip
+        self._nursery = nursery
+        self._calls: set[trio.CancelScope] = set()
+        self._streams: set[trio.CancelScope] = set()
+        self.stopped = False
+
+    def drop_streams(self) -> int:
+        """Break every stream in flight (the client sees Unavailable); returns how many."""
+        streams = list(self._streams)
+        for scope in streams:
+            scope.cancel()
+        return len(streams)
+
+    def _stop(self) -> None:
+        self.stopped = True
+        for scope in list(self._calls):
+            scope.cancel()
+
+
+async def serve_inproc(
+    name: str,
+    dispatcher: Dispatcher,
+    *,
+    roundtrip_bytes: bool = False,
+    task_status: trio.TaskStatus[InprocServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``dispatcher`` as ``inproc://name`` until cancelled.
+
+    Raises:
+        AlreadyExists: another server of this run already serves that name.
+    """
+    table = _servers()
+    if name in table:
+        raise AlreadyExists(f"inproc://{name} is already served", hop=dispatcher.hop)
+    async with trio.open_nursery() as nursery:
+        server = InprocServer(name, dispatcher, nursery, roundtrip_bytes)
+        table[name] = server
+        try:
+            task_status.started(server)
+            await trio.sleep_forever()
+        finally:
+            if table.get(name) is server:
+                del table[name]
+            server._stop()
+
+
+@attrs.frozen
+class _End:
+    error: TrionsmError | None
+
+
+class _InprocStream:
+    def __init__(
+        self,
+        replies: trio.MemoryReceiveChannel[Any],
+        requests: trio.MemorySendChannel[betterproto2.Message] | None,
+        method: MethodSpec,
+        target: str,
+        roundtrip: bool,
+    ) -> None:
+        self._replies = replies
+        self._requests = requests
+        self._method = method
+        self._target = target
+        self._roundtrip = roundtrip
+        self._done = False
+
+    async def send(self, message: betterproto2.Message) -> None:
+        if self._requests is None:
+            raise TypeError(f"{self._method.path} is not a client-streaming method")
+        try:
+            await self._requests.send(_copy(message, self._roundtrip))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise Unavailable(f"{self._method.path}: stream closed", hop=self._target) from None
+
+    async def end(self) -> None:
+        if self._requests is not None:
+            await self._requests.aclose()
+
+    def __aiter__(self) -> AsyncIterator[betterproto2.Message]:
+        return self
+
+    async def __anext__(self) -> betterproto2.Message:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._replies.receive()
+        except trio.EndOfChannel:
+            self._done = True
+            raise Unavailable(
+                f"{self._method.path}: the server went away mid-stream", hop=self._target
+            ) from None
+        if isinstance(item, _End):
+            self._done = True
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
+
+
+class InprocChannel:
+    """A client channel to ``inproc://name`` (no connection: the server is looked up per call)."""
+
+    def __init__(self, name: str, *, roundtrip_bytes: bool = False, client: str = "client"):
+        self.name = name
+        self._roundtrip = roundtrip_bytes
+        self._peer = Peer(f"inproc://{client}")
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        return f"inproc://{self.name}"
+
+    def _server(self, method: MethodSpec) -> InprocServer:
+        if self._closed:
+            raise Unavailable(f"{method.path}: channel closed", hop=self.target)
+        server = _servers().get(self.name)
+        if server is None or server.stopped:
+            raise Unavailable(f"{method.path}: nothing serves {self.target}", hop=self.target)
+        fault = server.faults._take()
+        if fault is not None:
+            raise _wire_error(fault, self._roundtrip)
+        return server
+
+    def _context(self, method: MethodSpec, options: CallOptions) -> CallContext:
+        return CallContext(method.path, options.deadline, options.metadata, self._peer)
+
+    async def unary(
+        self, method: MethodSpec, request: betterproto2.Message, options: CallOptions
+    ) -> betterproto2.Message:
+        server = self._server(method)
+        roundtrip = self._roundtrip or server.roundtrip_bytes
+        await trio.lowlevel.checkpoint()
+        served_method, handler = server.dispatcher.lookup(method.path)
+        request = _copy(request, roundtrip)
+        try:
+            with trio.CancelScope() as scope:
+                server._calls.add(scope)
+                try:
+                    reply = await server.dispatcher.unary(
+                        served_method, handler, request, self._context(method, options)
+                    )
+                finally:
+                    server._calls.discard(scope)
+        except TrionsmError as error:
+            raise _wire_error(error, roundtrip) from None
+        if scope.cancelled_caught:
+            raise Unavailable(f"{method.path}: the server stopped mid-call", hop=self.target)
+        try:
+            return _copy(reply, roundtrip)
+        except InvalidArgument as error:  # on a real wire the server fails to encode it
+            raise Internal(error.reason, hop=server.dispatcher.hop) from error
+
+    @asynccontextmanager
+    async def stream(
+        self, method: MethodSpec, request: betterproto2.Message | None, options: CallOptions
+    ) -> AsyncIterator[ClientStream]:
+        server = self._server(method)
+        roundtrip = self._roundtrip or server.roundtrip_bytes
+        served_method, handler = server.dispatcher.lookup(method.path)
+        send_reply, receive_reply = trio.open_memory_channel[Any](_STREAM_BUFFER)
+        requests: trio.MemorySendChannel[betterproto2.Message] | None = None
+        argument: Any
+        if served_method.cardinality.client_streams:
+            requests, receive_requests = trio.open_memory_channel[betterproto2.Message](
+                _STREAM_BUFFER
+            )
+            argument = receive_requests
+        else:
+            if request is None:
+                raise TypeError(f"{method.path} needs a request")
+            argument = _copy(request, roundtrip)
+        scope = trio.CancelScope()
+        ctx = self._context(method, options)
+
+        async def send(reply: betterproto2.Message) -> None:
+            await send_reply.send(_copy(reply, roundtrip))
+
+        async def run_handler() -> None:
+            async with send_reply:
+                end: _End | None = None
+                with scope:
+                    server._calls.add(scope)
+                    server._streams.add(scope)
+                    try:
+                        await server.dispatcher.stream(served_method, handler, argument, ctx, send)
+                        end = _End(None)
+                    except TrionsmError as error:
+                        end = _End(_wire_error(error, roundtrip))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # the client left
+                    finally:
+                        server._calls.discard(scope)
+                        server._streams.discard(scope)
+                if end is not None:  # else cancelled: the channel closes, the client sees it
+                    await _deliver_end(send_reply, end)
+
+        server._nursery.start_soon(run_handler)
+        stream = _InprocStream(receive_reply, requests, method, self.target, roundtrip)
+        try:
+            with trio.fail_at(options.deadline):
+                if request is not None and requests is not None:
+                    await stream.send(request)
+                yield stream
+        except trio.TooSlowError:
+            raise DeadlineExceeded(
+                f"{method.path}: stream ran past its deadline", hop=self.target
+            ) from None
+        finally:
+            scope.cancel()
+            receive_reply.close()
+            if requests is not None:
+                requests.close()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await trio.lowlevel.checkpoint()
+
+
+async def _deliver_end(channel: trio.MemorySendChannel[Any], end: _End) -> None:
+    """Queue the final status behind the replies still buffered (the client may have left)."""
+    with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await channel.send(end)
