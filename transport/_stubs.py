@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TypeVar, cast
+from typing import Generic, TypeVar, cast
 
 import betterproto2
 import trio
@@ -122,58 +122,50 @@ class MonitorConnectionClient(_Stub):
         return self._stream("monitor_connections", selector, ConnectionEvent, timeout, metadata)
 
 
-class NetworkServiceRegistryClient(_Stub):
+E = TypeVar("E", bound=betterproto2.Message)
+Q = TypeVar("Q", bound=betterproto2.Message)
+
+
+class _RegistryClient(_Stub, Generic[E, Q, R]):
+    """Register, Find (a stream) and Unregister, shared by both registry services."""
+
+    _entry: type[E]
+    _response: type[R]
+
+    async def register(self, entry: E, *, timeout: float | None = None, metadata: Meta = None) -> E:
+        return await self._unary("register", entry, self._entry, timeout, metadata)
+
+    def find(
+        self, query: Q, *, timeout: float | None = None, metadata: Meta = None
+    ) -> AbstractAsyncContextManager[AsyncIterator[R]]:
+        return self._stream("find", query, self._response, timeout, metadata)
+
+    async def unregister(
+        self, entry: E, *, timeout: float | None = None, metadata: Meta = None
+    ) -> Empty:
+        return await self._unary("unregister", entry, Empty, timeout, metadata)
+
+
+class NetworkServiceRegistryClient(
+    _RegistryClient[NetworkService, NetworkServiceQuery, NetworkServiceResponse]
+):
     """``registry.NetworkServiceRegistry``."""
 
     _service = NS_REGISTRY
-
-    async def register(
-        self, service: NetworkService, *, timeout: float | None = None, metadata: Meta = None
-    ) -> NetworkService:
-        return await self._unary("register", service, NetworkService, timeout, metadata)
-
-    def find(
-        self, query: NetworkServiceQuery, *, timeout: float | None = None, metadata: Meta = None
-    ) -> AbstractAsyncContextManager[AsyncIterator[NetworkServiceResponse]]:
-        return self._stream("find", query, NetworkServiceResponse, timeout, metadata)
-
-    async def unregister(
-        self, service: NetworkService, *, timeout: float | None = None, metadata: Meta = None
-    ) -> Empty:
-        return await self._unary("unregister", service, Empty, timeout, metadata)
+    _entry = NetworkService
+    _response = NetworkServiceResponse
 
 
-class NetworkServiceEndpointRegistryClient(_Stub):
+class NetworkServiceEndpointRegistryClient(
+    _RegistryClient[
+        NetworkServiceEndpoint, NetworkServiceEndpointQuery, NetworkServiceEndpointResponse
+    ]
+):
     """``registry.NetworkServiceEndpointRegistry``."""
 
     _service = NSE_REGISTRY
-
-    async def register(
-        self,
-        endpoint: NetworkServiceEndpoint,
-        *,
-        timeout: float | None = None,
-        metadata: Meta = None,
-    ) -> NetworkServiceEndpoint:
-        return await self._unary("register", endpoint, NetworkServiceEndpoint, timeout, metadata)
-
-    def find(
-        self,
-        query: NetworkServiceEndpointQuery,
-        *,
-        timeout: float | None = None,
-        metadata: Meta = None,
-    ) -> AbstractAsyncContextManager[AsyncIterator[NetworkServiceEndpointResponse]]:
-        return self._stream("find", query, NetworkServiceEndpointResponse, timeout, metadata)
-
-    async def unregister(
-        self,
-        endpoint: NetworkServiceEndpoint,
-        *,
-        timeout: float | None = None,
-        metadata: Meta = None,
-    ) -> Empty:
-        return await self._unary("unregister", endpoint, Empty, timeout, metadata)
+    _entry = NetworkServiceEndpoint
+    _response = NetworkServiceEndpointResponse
 
 
 class IpamClient(_Stub):
