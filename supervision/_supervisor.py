@@ -209,8 +209,9 @@ class Supervisor:
         await self._request(partial(self._do_terminate, child_id))
 
     async def restart_child(self, child_id: str) -> ChildHandle:
-        """Start again a child whose spec is kept but which is not running (not counted as a
-        restart).
+        """Start again a child whose spec is kept but which is not running.
+
+        It does not count against the restart intensity (``ChildInfo.restarts`` still counts it).
 
         Raises ChildNotFound, ChildRunning (running or restarting), StartError,
         SimpleOneForOneError.
@@ -233,14 +234,17 @@ class Supervisor:
         return [self._info(c) for c in self._order]
 
     def count_children(self) -> ChildCount:
-        """Counts of specs, alive children, supervisors and workers (OTP's ``count_children``)."""
+        """Counts of specs, running children, supervisors and workers (OTP's ``count_children``).
+
+        As in OTP, a SIMPLE_ONE_FOR_ONE supervisor has one spec (its template) and counts every
+        dynamic child as a supervisor or a worker by the template's type.
+        """
         children = self._by_id.values()
-        specs = len(children)
         active = sum(1 for c in children if c.state is ChildState.RUNNING)
         supervisors = sum(1 for c in children if c.spec.type is ChildType.SUPERVISOR)
-        return ChildCount(
-            specs=specs, active=active, supervisors=supervisors, workers=specs - supervisors
-        )
+        workers = len(children) - supervisors
+        specs = 1 if self._simple else len(children)
+        return ChildCount(specs=specs, active=active, supervisors=supervisors, workers=workers)
 
     def tree(self) -> SupervisorTree:
         """A snapshot of this supervisor and, recursively, every child supervisor below it."""

@@ -27,8 +27,12 @@ class ChildState(enum.Enum):
 
 @attrs.frozen
 class ChildInfo:
-    """One row of ``which_children``: ``value`` is what the running incarnation passed to
-    started()."""
+    """One row of ``which_children``.
+
+    ``value`` is what the running incarnation passed to ``started()``; ``restarts`` counts every
+    start after the first (its own exit, a sibling's under ONE_FOR_ALL/REST_FOR_ONE, a try-again,
+    or ``restart_child``).
+    """
 
     id: str
     value: Any
