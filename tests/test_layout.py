@@ -203,6 +203,11 @@ def test_importing_supervision_loads_trio_and_attrs_only() -> None:
     assert {"trio", "attrs"} <= loaded
 
 
+def test_importing_transport_loads_no_carrier_until_used() -> None:
+    loaded = _modules_after("import trionsm.transport")
+    assert not loaded & {"trio_asyncio", "zmq"}, loaded
+
+
 def test_wheel_contains_only_the_trionsm_package(tmp_path: Path) -> None:
     subprocess.run(
         [

@@ -3,8 +3,8 @@
 | scheme | carrier |
 |---|---|
 | ``inproc://name`` | direct calls in one Trio run (tests, scenarios, embedded nodes) |
-| ``unix:///path``, ``tcp://host:port`` | gRPC over grpclib (NSM's wire format) *(next)* |
-| ``zmq+tcp://host:port``, ``zmq+ipc:///path`` | ZeroMQ ROUTER/DEALER *(next)* |
+| ``unix:///path``, ``tcp://host:port`` | gRPC over grpclib on trio-asyncio (NSM's wire format) |
+| ``zmq+tcp://host:port``, ``zmq+ipc:///path`` | ZeroMQ ROUTER/DEALER, msgpack envelopes |
 | ``inode://dev/ino`` | NSM's out-of-band fd reference: parsed and passed on, never dialed |
 
 Map:
@@ -15,6 +15,9 @@ Map:
 * :class:`CallContext` (deadline, metadata, peer) reaches every handler; :class:`CallOptions`
   carries a client's deadline and metadata.
 * :func:`parse_url` and :class:`Address`: the project's one URL parser.
+* :class:`CurveKeys`: CurveZMQ keys for the ZeroMQ carrier (``serve(..., curve=...)``); loaded
+  lazily, like the gRPC and ZeroMQ carriers themselves, so an inproc-only program never imports
+  trio-asyncio (which changes asyncio process-wide) or pyzmq.
 
 Guarantees, on every carrier: the same typed errors from :mod:`trionsm.errors` (hop, service and
 reason survive the trip); handlers run under the caller's deadline; a handler bug is
@@ -23,6 +26,8 @@ it on the server; a server that goes away is ``Unavailable`` to its clients.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ._channel import CallOptions, Channel, ClientStream
 from ._context import CLIENT_TOKEN, CLIENT_TOKEN_EXPIRES, REGISTRY_PATH, CallContext, Peer
@@ -53,6 +58,15 @@ from ._stubs import (
 )
 from ._url import Address, Scheme, parse_url
 
+
+def __getattr__(name: str) -> Any:
+    if name == "CurveKeys":
+        from ._zmq_curve import CurveKeys
+
+        return CurveKeys
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "CLIENT_TOKEN",
     "CLIENT_TOKEN_EXPIRES",
@@ -72,6 +86,7 @@ __all__ = [
     "Channel",
     "Client",
     "ClientStream",
+    "CurveKeys",
     "Dispatcher",
     "Handlers",
     "HealthClient",

@@ -12,6 +12,8 @@ with ``fail_after`` as a hang catcher.
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -60,9 +62,24 @@ class Carrier:
     roundtrip_bytes: bool = False
 
 
+def _free_port() -> int:
+    """A TCP port free a moment ago: port 0 would make restart-on-the-same-URL moot."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _socket_path(kind: str) -> str:
+    return f"/tmp/trionsm-conformance-{kind}-{os.getpid()}-{next(_names)}.sock"
+
+
 CARRIERS = [
     Carrier("inproc", lambda: f"inproc://conformance-{next(_names)}"),
     Carrier("inproc-bytes", lambda: f"inproc://conformance-{next(_names)}", roundtrip_bytes=True),
+    Carrier("zmq-tcp", lambda: f"zmq+tcp://127.0.0.1:{_free_port()}"),
+    Carrier("zmq-ipc", lambda: f"zmq+ipc://{_socket_path('zmq')}"),
+    Carrier("grpc-tcp", lambda: f"tcp://127.0.0.1:{_free_port()}"),
+    Carrier("grpc-unix", lambda: f"unix://{_socket_path('grpc')}"),
 ]
 
 

@@ -1,0 +1,392 @@
+"""The gRPC carrier's client: a grpclib channel on an asyncio island, called from Trio.
+
+Theory of operation. :func:`open_grpc_channel` opens one trio-asyncio island and one grpclib
+``Channel`` in it. The channel connects on the first call and reconnects on the next call after
+its connection died; a refused or broken connection is :class:`Unavailable` naming the target.
+
+* Unary: Trio encodes the request, crosses once (``Island.run``) into a coroutine that makes the
+  whole grpclib call (headers with ``grpc-timeout`` from the deadline and the metadata, the
+  message, the reply, the trailers) and translates any failure there; Trio decodes the reply.
+  Cancelling the caller cancels that coroutine, and grpclib resets the HTTP/2 stream, which
+  cancels the handler on the server.
+* Streaming: the stream's context starts one asyncio task, the pump. It opens the grpclib stream,
+  sends the request, reads every reply and hands it to Trio through a memory channel: without a
+  crossing while the channel has room, with one (which waits: backpressure) when it is full. The
+  last item is the call's outcome. A bidi call's ``send`` and ``end`` cross once each. Leaving the
+  context cancels the pump and waits for it: grpclib resets the stream, the server's handler is
+  cancelled.
+* Errors: a gRPC status becomes its :mod:`trionsm.errors` class, rebuilt with the server's hop
+  and service when a trionsm server sent them; grpclib's deadline (``asyncio.TimeoutError``) is
+  :class:`DeadlineExceeded`; a refused connection, a dead connection (including one whose
+  keepalive PING went unanswered) and a reset stream are :class:`Unavailable`.
+* Keepalive: the channel PINGs a trionsm server every second while streams are open, and no other
+  server (see ``_grpc_h2``), so a dead trionsm server is noticed within about two seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import betterproto2
+import h2.exceptions
+import trio
+from grpclib.client import Channel, Stream
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+from grpclib.metadata import decode_metadata, encode_metadata
+
+from trionsm.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    TrionsmError,
+    Unauthenticated,
+    Unavailable,
+    Unknown,
+)
+
+from ._aio import Island, open_island
+from ._channel import CallOptions, ClientStream
+from ._grpc_h2 import TunedChannel
+from ._grpc_wire import CARDINALITY, RawCodec, configuration, decode, encode, error_from_status
+from ._services import Cardinality, MethodSpec
+from ._url import Address, Scheme
+
+__all__ = ["GrpcChannel", "open_grpc_channel"]
+
+_REPLY_BUFFER = 16  # replies a stream reads ahead of its consumer
+_CLOSE_GRACE = 5.0  # seconds for a stream's pump or the channel to wind down
+
+
+@asynccontextmanager
+async def open_grpc_channel(
+    address: Address, *, ssl_context: ssl.SSLContext | None
+) -> AsyncIterator[GrpcChannel]:
+    """A :class:`GrpcChannel` to a ``tcp://`` or ``unix://`` server; closed on exit.
+
+    Args:
+        address: the server. Nothing connects until the first call.
+        ssl_context: TLS (with a client certificate for mTLS); its ALPN protocols are set to
+            ``h2``. Over ``unix://`` the TLS server name is ``localhost``.
+
+    Leaving the block closes the connection (calls still in flight fail with Unavailable) and
+    cancels whatever still runs in the channel's island.
+    """
+    if ssl_context is not None:
+        ssl_context.set_alpn_protocols(["h2"])
+    async with open_island() as island:
+        grpc = await island.run(_new_channel, address, ssl_context)
+        channel = GrpcChannel(address, island, grpc)
+        try:
+            yield channel
+        finally:
+            with trio.move_on_after(_CLOSE_GRACE, shield=True):
+                await channel.aclose()
+
+
+async def _new_channel(address: Address, ssl_context: ssl.SSLContext | None) -> Channel:
+    config = configuration()
+    if address.scheme is Scheme.UNIX:
+        if ssl_context is not None:  # asyncio needs a server name for TLS over a unix socket
+            config = dataclasses.replace(config, ssl_target_name_override="localhost")
+        return TunedChannel(path=address.path, codec=RawCodec(), ssl=ssl_context, config=config)
+    return TunedChannel(
+        address.host, address.port, codec=RawCodec(), ssl=ssl_context, config=config
+    )
+
+
+async def _close(grpc: Channel) -> None:
+    grpc.close()
+
+
+class GrpcChannel:
+    """A client's gRPC connection to one server (implements ``_channel.Channel``)."""
+
+    def __init__(self, address: Address, island: Island, grpc: Channel) -> None:
+        self._address = address
+        self._target = str(address)
+        self._island = island
+        self._grpc = grpc
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        return self._target
+
+    async def unary(
+        self, method: MethodSpec, request: betterproto2.Message, options: CallOptions
+    ) -> betterproto2.Message:
+        """One request, one reply: one crossing into asyncio. Cancellable; raises TrionsmError."""
+        self._check_open(method)
+        payload = self._encode(method, request)
+        timeout, metadata = self._timeout(method, options), self._metadata(method, options)
+        data = await self._island.run(self._unary, method, payload, timeout, metadata)
+        return self._decode(method, data)
+
+    async def _unary(
+        self, method: MethodSpec, payload: bytes, seconds: float | None, metadata: dict[str, str]
+    ) -> bytes:
+        grpc_stream = self._request(method, seconds, metadata)
+        try:
+            async with grpc_stream:
+                await grpc_stream.send_message(payload, end=True)
+                reply = await grpc_stream.recv_message()
+        except Exception as exc:
+            raise self._error(exc, method, grpc_stream) from exc
+        if reply is None:
+            raise Internal(f"{method.path}: {self._target} sent no reply", hop=self._target)
+        return reply  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def stream(
+        self, method: MethodSpec, request: betterproto2.Message | None, options: CallOptions
+    ) -> AsyncIterator[ClientStream]:
+        """Open a streaming call; leaving the block cancels it on the server.
+
+        The replies are read ahead (a few messages) by an asyncio task; iterating waits for the
+        next one. Past ``options.deadline`` the block raises DeadlineExceeded.
+        """
+        self._check_open(method)
+        bidi = method.cardinality.client_streams
+        if request is None and not bidi:
+            raise TypeError(f"{method.path} needs a request")
+        payload = None if bidi or request is None else self._encode(method, request)
+        timeout, metadata = self._timeout(method, options), self._metadata(method, options)
+        replies, received = trio.open_memory_channel[Any](_REPLY_BUFFER)
+        call = _StreamCall(self, method, self._request(method, timeout, metadata), replies)
+        pump = self._island.spawn(call.pump, payload)
+        stream = _GrpcClientStream(call, received)
+        try:
+            with trio.fail_at(options.deadline):
+                if bidi and request is not None:
+                    await stream.send(request)
+                yield stream
+        except trio.TooSlowError:
+            raise DeadlineExceeded(
+                f"{method.path}: stream ran past its deadline", hop=self._target
+            ) from None
+        finally:
+            pump.cancel()
+            with trio.move_on_after(_CLOSE_GRACE, shield=True):
+                await pump.wait()
+            received.close()
+
+    async def aclose(self) -> None:
+        """Close the connection; calls in flight fail with Unavailable. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._island.run(_close, self._grpc)
+
+    def _request(
+        self, method: MethodSpec, seconds: float | None, metadata: dict[str, str]
+    ) -> Stream[Any, Any]:
+        """A grpclib stream for one call (``seconds`` left before the deadline: its timeout)."""
+        return self._grpc.request(
+            method.path,
+            CARDINALITY[method.cardinality],
+            bytes,
+            bytes,
+            timeout=seconds,
+            metadata=metadata,
+        )
+
+    def _check_open(self, method: MethodSpec) -> None:
+        if self._closed:
+            raise Unavailable(f"{method.path}: the channel is closed", hop=self._target)
+
+    def _encode(self, method: MethodSpec, message: betterproto2.Message) -> bytes:
+        if not isinstance(message, method.request):
+            raise InvalidArgument(
+                f"{method.path} takes {method.request.__name__}, not {type(message).__name__}"
+            )
+        try:
+            return encode(message)
+        except ValueError as exc:
+            raise InvalidArgument(f"{method.path}: {exc}") from exc
+
+    def _decode(self, method: MethodSpec, data: bytes) -> betterproto2.Message:
+        try:
+            return decode(method.reply, data, what=f"{method.path} reply", hop=self._target)
+        except InvalidArgument as exc:  # the server's fault, not the caller's
+            raise Internal(exc.reason, hop=self._target) from None
+
+    def _timeout(self, method: MethodSpec, options: CallOptions) -> float | None:
+        if math.isinf(options.deadline):
+            return None
+        remaining = options.deadline - trio.current_time()
+        if remaining <= 0:
+            raise DeadlineExceeded(
+                f"{method.path}: the deadline passed before the call", hop=self._target
+            )
+        return remaining
+
+    def _metadata(self, method: MethodSpec, options: CallOptions) -> dict[str, str]:
+        metadata = dict(options.metadata)
+        if not metadata:
+            return metadata
+        try:
+            encode_metadata(metadata)
+        except (ValueError, TypeError) as exc:
+            raise InvalidArgument(f"{method.path}: metadata not valid for gRPC: {exc}") from None
+        return metadata
+
+    def _error(
+        self, exc: BaseException, method: MethodSpec, grpc_stream: Stream[Any, Any]
+    ) -> TrionsmError:
+        """The TrionsmError for an exception raised by grpclib during a call."""
+        path, target = method.path, self._target
+        if isinstance(exc, TrionsmError):
+            return exc
+        if isinstance(exc, GRPCError):
+            status = exc.status.value
+            return error_from_status(
+                status, exc.message, _trailers(grpc_stream), target=target, path=path
+            )
+        if isinstance(exc, TimeoutError) and exc.errno is None:  # grpclib's deadline timer
+            return DeadlineExceeded(f"{path}: no answer within the deadline", hop=target)
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return Unauthenticated(f"{path}: {target} failed TLS verification: {exc}", hop=target)
+        if isinstance(exc, OSError):
+            return Unavailable(f"{path}: cannot reach {target}: {exc}", hop=target)
+        if isinstance(exc, StreamTerminatedError | h2.exceptions.ProtocolError):
+            return Unavailable(f"{path}: the stream to {target} broke: {exc}", hop=target)
+        return Unknown(f"{path}: {type(exc).__name__}: {exc}", hop=target)
+
+
+def _trailers(grpc_stream: Stream[Any, Any]) -> Mapping[str, Any] | None:
+    """The call's trailing metadata, also when grpclib raised before parsing it.
+
+    grpclib fills ``trailing_metadata`` only on its normal path; when the server resets the stream
+    right after its error trailers it raises from the raw headers, which we decode here.
+    """
+    if grpc_stream.trailing_metadata is not None:
+        return grpc_stream.trailing_metadata
+    raw = getattr(grpc_stream, "_stream", None)
+    for headers in (getattr(raw, "trailers", None), getattr(raw, "headers", None)):
+        if headers is not None and any(key == "grpc-status" for key, _ in headers):
+            return decode_metadata(headers)
+    return None
+
+
+@attrs.frozen
+class _End:
+    """The last item of a stream: how it ended."""
+
+    error: TrionsmError | None
+
+
+class _StreamCall:
+    """One streaming call: the asyncio pump and what Trio's side needs to send on it."""
+
+    def __init__(
+        self,
+        channel: GrpcChannel,
+        method: MethodSpec,
+        grpc_stream: Stream[Any, Any],
+        replies: trio.MemorySendChannel[Any],
+    ) -> None:
+        self.channel = channel
+        self.method = method
+        self.grpc_stream = grpc_stream
+        self._replies = replies
+        self.opened = trio.Event()  # set from asyncio: request headers sent, or the call failed
+        self.failure: TrionsmError | None = None
+        self.finished = False
+
+    async def pump(self, payload: bytes | None) -> None:
+        """asyncio: run the call and deliver its replies, then its outcome, to Trio."""
+        try:
+            try:
+                async with self.grpc_stream:
+                    if payload is not None:
+                        await self.grpc_stream.send_message(payload, end=True)
+                    else:
+                        await self.grpc_stream.send_request()
+                    self.opened.set()
+                    while (data := await self.grpc_stream.recv_message()) is not None:
+                        await self._deliver(self.channel._decode(self.method, data))
+                end = _End(None)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the consumer left
+            except Exception as exc:
+                end = _End(self.channel._error(exc, self.method, self.grpc_stream))
+            self.failure = end.error
+            self.finished = True
+            self.opened.set()
+            await self._deliver(end)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.finished = True
+            self.opened.set()
+            self._replies.close()
+
+    async def _deliver(self, item: Any) -> None:
+        try:
+            self._replies.send_nowait(item)  # plain Trio call: same thread, no crossing
+        except trio.WouldBlock:
+            await self.channel._island.trio(self._replies.send, item)
+
+
+class _GrpcClientStream:
+    """Trio's side of a streaming call (``_channel.ClientStream``)."""
+
+    def __init__(self, call: _StreamCall, received: trio.MemoryReceiveChannel[Any]) -> None:
+        self._call = call
+        self._received = received
+        self._method = call.method
+        self._target = call.channel.target
+        self._done = False
+        self._ended = False
+
+    async def send(self, message: betterproto2.Message) -> None:
+        """Send one request of a bidi call (one crossing; waits for HTTP/2 flow control)."""
+        if not self._method.cardinality.client_streams:
+            raise TypeError(f"{self._method.path} is not a client-streaming method")
+        data = self._call.channel._encode(self._method, message)
+        await self._on_open_stream(self._call.grpc_stream.send_message, data)
+
+    async def end(self) -> None:
+        """End the client's side of a bidi call (the server sees the end of its requests)."""
+        if self._method.cardinality is not Cardinality.STREAM_STREAM or self._ended:
+            return
+        self._ended = True
+        await self._on_open_stream(self._call.grpc_stream.end)
+
+    async def _on_open_stream(self, action: Any, *args: Any) -> None:
+        await self._call.opened.wait()
+        if self._call.finished:
+            raise self._call.failure or Unavailable(
+                f"{self._method.path}: the stream is closed", hop=self._target
+            )
+        try:
+            await self._call.channel._island.run(action, *args)
+        except Exception as exc:
+            raise self._call.channel._error(exc, self._method, self._call.grpc_stream) from exc
+
+    def __aiter__(self) -> AsyncIterator[betterproto2.Message]:
+        return self
+
+    async def __anext__(self) -> betterproto2.Message:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._received.receive()
+        except trio.EndOfChannel:
+            self._done = True
+            raise Unavailable(
+                f"{self._method.path}: the stream to {self._target} ended without a status",
+                hop=self._target,
+            ) from None
+        if isinstance(item, _End):
+            self._done = True
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
