@@ -92,14 +92,19 @@ class Dispatcher:
     ) -> betterproto2.Message:
         """Run a unary handler; raises the :class:`TrionsmError` to send back on failure."""
         assert method.cardinality is Cardinality.UNARY_UNARY
+        self._check_deadline(method, ctx)
         try:
-            with trio.fail_at(ctx.deadline):
+            with trio.move_on_at(ctx.deadline) as scope:
                 reply = await handler(request, ctx)
-        except trio.TooSlowError:
-            raise DeadlineExceeded(f"{method.path} ran past its deadline", hop=self.hop) from None
         except Exception as exc:
             raise self.translate(exc, method) from exc
+        if scope.cancelled_caught:  # the call's deadline, not a timeout of the handler's own
+            raise DeadlineExceeded(f"{method.path} ran past its deadline", hop=self.hop)
         return self._check_reply(method, reply)
+
+    def _check_deadline(self, method: MethodSpec, ctx: CallContext) -> None:
+        if ctx.deadline <= trio.current_time():
+            raise DeadlineExceeded(f"{method.path} arrived after its deadline", hop=self.hop)
 
     async def stream(
         self,
@@ -115,16 +120,15 @@ class Dispatcher:
         the stream's final status. Cancelled when the caller goes away.
         """
         assert method.cardinality.server_streams
+        self._check_deadline(method, ctx)
         try:
-            with trio.fail_at(ctx.deadline):
+            with trio.move_on_at(ctx.deadline) as scope:
                 async with aclosing(handler(request, ctx)) as replies:
                     async for reply in replies:
                         await send(self._check_reply(method, reply))
-        except trio.TooSlowError:
-            raise DeadlineExceeded(
-                f"{method.path} stream ran past its deadline", hop=self.hop
-            ) from None
         except (TrionsmError, trio.BrokenResourceError, trio.ClosedResourceError):
             raise  # an error to send back as is, or the caller went away (nothing to send)
         except Exception as exc:
             raise self.translate(exc, method) from exc
+        if scope.cancelled_caught:  # the call's deadline, not a timeout of the handler's own
+            raise DeadlineExceeded(f"{method.path} stream ran past its deadline", hop=self.hop)

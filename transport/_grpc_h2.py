@@ -23,11 +23,13 @@ These are the carrier's only uses of grpclib and h2 internals (``Server._mapping
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
 import ssl
 import stat
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import suppress
 from typing import Any, Protocol
@@ -44,7 +46,13 @@ from h2.settings import SettingCodes, Settings
 
 from trionsm.errors import AlreadyExists, FailedPrecondition, PermissionDenied, TrionsmError
 
-from ._grpc_wire import MAX_CONCURRENT_STREAMS, PINGS_WELCOME, RawCodec, configuration
+from ._grpc_wire import (
+    KEEPALIVE_TIMEOUT,
+    MAX_CONCURRENT_STREAMS,
+    PINGS_WELCOME,
+    RawCodec,
+    configuration,
+)
 from ._url import Address, Scheme
 
 __all__ = [
@@ -219,6 +227,41 @@ class _Connection(Connection):
             return False
         return bool(super()._is_need_send_ping())
 
+    last_received = 0.0
+    """``time.monotonic()`` when bytes last arrived from the peer (set by the protocol)."""
+
+    def _ping(self) -> None:
+        # grpclib closes the connection when a PING's ack is late. Under load the ack may sit
+        # behind data the peer is busily sending, or our own loop may have stalled: both mean a
+        # live peer. So the close timer is ours: it closes only when nothing at all has arrived
+        # within KEEPALIVE_TIMEOUT, and waits again otherwise.
+        super()._ping()
+        handler = self._close_by_ping_handler
+        if handler is not None and handler is not self._our_timer:
+            handler.cancel()
+            self._arm()
+
+    _our_timer: asyncio.TimerHandle | None = None
+
+    _due = 0.0
+
+    def _arm(self) -> None:
+        loop = asyncio.get_event_loop()
+        self._due = loop.time() + KEEPALIVE_TIMEOUT
+        self._our_timer = loop.call_later(KEEPALIVE_TIMEOUT, self._ping_overdue)
+        self._close_by_ping_handler = self._our_timer
+
+    def _ping_overdue(self) -> None:
+        self._close_by_ping_handler = self._our_timer = None
+        late = asyncio.get_event_loop().time() - self._due
+        talking = time.monotonic() - self.last_received < KEEPALIVE_TIMEOUT
+        if talking or late > KEEPALIVE_TIMEOUT / 4:
+            # The peer is talking (the ack is queued behind its data), or this timer fired late
+            # because our own process was starved of CPU: neither says the peer is dead.
+            self._arm()
+            return
+        self.close()
+
 
 class _Protocol(H2Protocol):
     """One HTTP/2 connection, either end.
@@ -280,6 +323,9 @@ class _Protocol(H2Protocol):
             self._live.add(self)
 
     def data_received(self, data: bytes) -> None:
+        connection = self.connection
+        if isinstance(connection, _Connection):
+            connection.last_received = time.monotonic()
         super().data_received(data)
         # h2 checks a frame's declared length only once the whole frame has arrived: a peer
         # declaring a 16 MiB frame would make us buffer 16 MiB. A well-behaved peer never has

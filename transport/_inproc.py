@@ -289,6 +289,8 @@ class InprocChannel:
                     finally:
                         server._calls.discard(scope)
                         server._streams.discard(scope)
+                        if requests is not None:  # the handler reads no more: senders fail
+                            receive_requests.close()
                 if end is not None:  # else cancelled: the channel closes, the client sees it
                     await _deliver_end(send_reply, end)
 

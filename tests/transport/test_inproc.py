@@ -9,9 +9,11 @@ import trio
 
 from trionsm.api.connection import Connection, ConnectionEvent, MonitorScopeSelector
 from trionsm.api.google.protobuf import Empty
+from trionsm.api.ipam import PrefixRequest, PrefixResponse
 from trionsm.api.networkservice import NetworkServiceRequest
-from trionsm.errors import AlreadyExists, Internal, NotFound, Unavailable
+from trionsm.errors import AlreadyExists, DeadlineExceeded, Internal, NotFound, Unavailable
 from trionsm.transport import (
+    IPAM,
     MONITOR_CONNECTION,
     NETWORK_SERVICE,
     CallContext,
@@ -120,3 +122,53 @@ async def test_a_closed_client_is_unavailable(nursery: trio.Nursery) -> None:
         pass
     with pytest.raises(Unavailable, match="channel closed"):
         await client.network_service.request(NetworkServiceRequest())
+
+
+class Impatient(Service):
+    async def request(self, request: NetworkServiceRequest, ctx: CallContext) -> Connection:
+        with trio.fail_after(0.01):  # the handler's own timeout, not the call's deadline
+            await trio.sleep(1)
+        return Connection()
+
+
+async def test_a_handlers_own_timeout_is_not_the_calls_deadline(nursery: trio.Nursery) -> None:
+    server = await _serve(nursery, "inproc://impatient", Impatient())
+    with trio.fail_after(10):
+        async with open_client(server.url) as client:
+            with pytest.raises(Internal, match="TooSlowError"):
+                await client.network_service.request(NetworkServiceRequest())
+
+
+async def test_a_call_past_its_deadline_never_reaches_the_handler(nursery: trio.Nursery) -> None:
+    service = Service()
+    server = await _serve(nursery, "inproc://late", service)
+    with trio.fail_after(10):
+        async with open_client(server.url) as client:
+            with pytest.raises(DeadlineExceeded, match="after its deadline"):
+                await client.network_service.request(NetworkServiceRequest(), timeout=-1)
+    assert service.requests == 0
+
+
+class OneShot:
+    async def manage_prefixes(
+        self, requests: AsyncIterator[PrefixRequest], ctx: CallContext
+    ) -> AsyncIterator[PrefixResponse]:
+        yield PrefixResponse(prefix="169.254.9.0/24")  # answers once, reads nothing
+
+
+async def test_sending_to_a_finished_bidi_handler_fails_instead_of_hanging(
+    nursery: trio.Nursery,
+) -> None:
+    server = await nursery.start(
+        lambda task_status: serve("inproc://oneshot", {IPAM: OneShot()}, task_status=task_status)
+    )
+    with trio.fail_after(10):
+        async with open_client(server.url) as client, client.ipam.manage_prefixes() as stream:
+            assert [r.prefix async for r in stream] == ["169.254.9.0/24"]  # type: ignore[attr-defined]
+
+            async def send_many() -> None:
+                for _ in range(100):  # more than the stream's buffer: a hang without the fix
+                    await stream.send(PrefixRequest(prefix="169.254.10.0/24"))
+
+            with pytest.raises(Unavailable, match="stream closed"):
+                await send_many()
