@@ -47,6 +47,7 @@ from h2.settings import SettingCodes, Settings
 from trionsm.errors import AlreadyExists, FailedPrecondition, PermissionDenied, TrionsmError
 
 from ._grpc_wire import (
+    HANDSHAKE_TIMEOUT,
     KEEPALIVE_TIMEOUT,
     MAX_CONCURRENT_STREAMS,
     PINGS_WELCOME,
@@ -229,6 +230,17 @@ class _Connection(Connection):
 
     last_received = 0.0
     """``time.monotonic()`` when bytes last arrived from the peer (set by the protocol)."""
+
+    def initialize(self) -> None:
+        super().initialize()
+        # An HTTP/2 peer speaks first thing (its SETTINGS preface). One that accepted the TCP
+        # connection and says nothing (a frozen process, another service on the port) would
+        # otherwise hold every call on this connection forever.
+        asyncio.get_event_loop().call_later(HANDSHAKE_TIMEOUT, self._check_handshake)
+
+    def _check_handshake(self) -> None:
+        if self.last_received == 0.0 and not self.is_closing():
+            self.close()
 
     def _ping(self) -> None:
         # grpclib closes the connection when a PING's ack is late. Under load the ack may sit

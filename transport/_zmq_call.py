@@ -20,6 +20,7 @@ import trio
 
 from trionsm.errors import Internal, InvalidArgument, TrionsmError, Unavailable
 
+from ._codec import check_wire
 from ._services import MethodSpec
 from ._zmq_envelope import WINDOW, encode_credit, encode_data, encode_end
 
@@ -127,6 +128,7 @@ def parse_reply(call: Call, item: object, target: str) -> betterproto2.Message:
     if not isinstance(item, bytes):
         raise Internal(f"{call.method.path}: the call ended without a reply", hop=target)
     try:
+        check_wire(item, call.method.reply)  # betterproto2 alone accepts truncated bytes
         return call.method.reply.parse(item)
     except Exception as exc:
         raise Internal(

@@ -18,6 +18,7 @@ import trio
 
 from trionsm.errors import Internal, InvalidArgument, ResourceExhausted, TrionsmError
 
+from ._codec import check_wire
 from ._context import CallContext
 from ._dispatch import Dispatcher
 from ._services import Cardinality, MethodSpec
@@ -56,6 +57,7 @@ class Out:
 def parse_request(method: MethodSpec, payload: bytes, hop: str) -> betterproto2.Message:
     """The request a payload encodes; InvalidArgument naming the method and the type if not."""
     try:
+        check_wire(payload, method.request)  # betterproto2 alone accepts truncated bytes
         return method.request.parse(payload)
     except Exception as exc:
         raise InvalidArgument(

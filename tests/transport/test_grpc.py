@@ -709,3 +709,24 @@ async def test_nothing_listening_is_unavailable_naming_the_target(tmp_path: Path
                     await client.network_service.request(request())
         assert info.value.hop == url
         assert url in str(info.value)
+
+
+async def _silent_listener(task_status: trio.TaskStatus[int]) -> None:
+    """Accept TCP connections and never say a word (a frozen process, another service)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+
+    async def keep(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    await trio.serve_listeners(keep, listeners)
+
+
+async def test_a_silent_peer_is_unavailable_not_a_hang(nursery: trio.Nursery) -> None:
+    port = await nursery.start(_silent_listener)
+    with trio.fail_after(HANG):
+        async with open_client(f"tcp://127.0.0.1:{port}") as client:
+            with pytest.raises(Unavailable):
+                await client.network_service.request(NetworkServiceRequest())
+    nursery.cancel_scope.cancel()

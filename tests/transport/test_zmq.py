@@ -248,6 +248,11 @@ async def reply_to(sock: TrioSocket, frames: list[bytes]) -> dict[str, Any]:
             StatusCode.INVALID_ARGUMENT,
             "/networkservice.NetworkService/Request: request is not a valid NetworkServiceRequest",
         ),
+        (
+            [call(1, REQUEST.path, bytes(request(label="x" * 20))[:-3])],  # truncated
+            StatusCode.INVALID_ARGUMENT,
+            "request is not a valid NetworkServiceRequest",
+        ),
         ([call(1, REQUEST.path, b"", v=2)], StatusCode.INVALID_ARGUMENT, "version 2"),
         ([call(1, REQUEST.path, b"", m=None)], StatusCode.INVALID_ARGUMENT, "'m' must be a str"),
         ([call(1, REQUEST.path, None)], StatusCode.INVALID_ARGUMENT, "has no request"),
@@ -268,6 +273,7 @@ async def reply_to(sock: TrioSocket, frames: list[bytes]) -> dict[str, Any]:
     ids=[
         "unknown-method",
         "bad-protobuf",
+        "truncated-protobuf",
         "version",
         "no-method",
         "no-request",

@@ -1,0 +1,133 @@
+"""Strict protobuf decoding shared by the carriers that read bytes off a socket (pure, no I/O).
+
+betterproto2 parses leniently: truncated or mistyped bytes come out as a partial message without
+complaint. Every listening carrier therefore checks the wire format against the message's schema
+first (tags, varints, lengths, wire types, nesting), so bad input is INVALID_ARGUMENT naming the
+method and the type instead of a half-empty request reaching a handler.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, cast
+
+import betterproto2
+
+from trionsm.errors import InvalidArgument
+
+__all__ = ["check_wire", "decode", "encode"]
+
+_MAX_DEPTH = 100  # nesting, as the protobuf runtimes' recursion limit
+
+
+def encode(message: betterproto2.Message) -> bytes:
+    """The message's wire bytes; ValueError (with the reason) if betterproto2 cannot encode it."""
+    try:
+        return bytes(message)
+    except Exception as exc:  # betterproto2 raises whatever its field encoders raise
+        raise ValueError(
+            f"{type(message).__name__} cannot be encoded: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def decode(
+    cls: type[betterproto2.Message], data: bytes, *, what: str, hop: str | None = None
+) -> betterproto2.Message:
+    """Parse ``data`` as ``cls`` after checking it strictly.
+
+    Raises:
+        InvalidArgument: ``{what}: malformed {cls}: {problem}``, naming ``hop``.
+    """
+    try:
+        check_wire(data, cls)
+        return cls.parse(data)
+    except (ValueError, EOFError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidArgument(f"{what}: malformed {cls.__name__}: {exc}", hop=hop) from None
+
+
+def check_wire(data: bytes, cls: type[betterproto2.Message]) -> None:
+    """Raise ValueError unless ``data`` is well-formed protobuf wire format for ``cls``.
+
+    Checks every tag, varint and length (nothing may run past the end of its message), that each
+    known field uses a wire type its declared type allows, and recurses into nested messages and
+    map entries. Unknown fields are skipped, as protobuf requires.
+    """
+    _check(data, 0, len(data), cls, 0)
+
+
+_WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 5: "fixed32"}
+
+
+@functools.cache
+def _schema(cls: type[betterproto2.Message]) -> dict[int, tuple[frozenset[int], Any]]:
+    """``{field number: (allowed wire types, nested message class or None)}``."""
+    proto = cast(Any, cls)._betterproto  # betterproto2's per-class metadata
+    schema: dict[int, tuple[frozenset[int], Any]] = {}
+    for name, meta in proto.meta_by_field_name.items():
+        kind = meta.proto_type
+        nested: Any = None
+        if kind in betterproto2.WIRE_VARINT_TYPES:
+            wires = {betterproto2.WIRE_VARINT}
+        elif kind in betterproto2.WIRE_FIXED_64_TYPES:
+            wires = {betterproto2.WIRE_FIXED_64}
+        elif kind in betterproto2.WIRE_FIXED_32_TYPES:
+            wires = {betterproto2.WIRE_FIXED_32}
+        else:
+            wires = {betterproto2.WIRE_LEN_DELIM}
+            if kind in (betterproto2.TYPE_MESSAGE, betterproto2.TYPE_MAP):
+                nested = meta.unwrap() if meta.unwrap else proto.cls_by_field[name]
+        if meta.repeated and kind in betterproto2.PACKED_TYPES:
+            wires.add(betterproto2.WIRE_LEN_DELIM)
+        schema[meta.number] = (frozenset(wires), nested)
+    return schema
+
+
+def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while shift < 70:
+        if pos >= end:
+            raise ValueError("a varint is cut short")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise ValueError("a varint is longer than 10 bytes")
+
+
+def _check(data: bytes, pos: int, end: int, cls: type[betterproto2.Message], depth: int) -> None:
+    schema = _schema(cls)
+    while pos < end:
+        key = data[pos]  # tags of fields 1..15 fit in one byte: skip the general decoder
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise ValueError("field number 0 is not valid")
+        if wire not in _WIRE_NAMES:
+            raise ValueError(f"field {number} has wire type {wire}, which proto3 does not use")
+        allowed, nested = schema.get(number, (None, None))
+        if allowed is not None and wire not in allowed:
+            raise ValueError(f"field {number} of {cls.__name__} arrived as {_WIRE_NAMES[wire]}")
+        if wire == betterproto2.WIRE_VARINT:
+            _, pos = _varint(data, pos, end)
+            continue
+        if wire == betterproto2.WIRE_LEN_DELIM:
+            if pos < end and data[pos] < 0x80:
+                length, pos = data[pos], pos + 1
+            else:
+                length, pos = _varint(data, pos, end)
+        else:
+            length = 8 if wire == betterproto2.WIRE_FIXED_64 else 4
+        if pos + length > end:
+            raise ValueError(
+                f"field {number} of {cls.__name__} needs {length} bytes, {end - pos} remain"
+            )
+        if nested is not None:
+            if depth >= _MAX_DEPTH:
+                raise ValueError(f"messages nested more than {_MAX_DEPTH} deep")
+            _check(data, pos, pos + length, nested, depth + 1)
+        pos += length
