@@ -11,15 +11,18 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import betterproto2
+import trio
+
+from trionsm.errors import TrionsmError, Unavailable
 
 from ._context import _freeze
 from ._services import MethodSpec
 
-__all__ = ["CallOptions", "Channel", "ClientStream"]
+__all__ = ["CallOptions", "Channel", "ClientStream", "ReplyQueue", "StreamEnd"]
 
 
 @attrs.frozen(eq=False)
@@ -28,6 +31,46 @@ class CallOptions:
 
     deadline: float = math.inf
     metadata: Mapping[str, str] = attrs.field(default=None, converter=_freeze)
+
+
+@attrs.frozen
+class StreamEnd:
+    """The last item a carrier queues for a stream: how it ended (``error`` None: cleanly)."""
+
+    error: TrionsmError | None
+
+
+class ReplyQueue:
+    """The client's end of a stream's replies: a memory channel closed by a :class:`StreamEnd`.
+
+    Carriers queue replies and then one ``StreamEnd``; a channel that closes without one means
+    the server went away (``Unavailable`` with ``gone`` as the reason).
+    """
+
+    def __init__(
+        self, replies: trio.MemoryReceiveChannel[Any], method: MethodSpec, target: str, gone: str
+    ) -> None:
+        self._replies = replies
+        self._method = method
+        self._target = target
+        self._gone = gone
+        self._done = False
+
+    async def next(self) -> betterproto2.Message:
+        """The next reply; StopAsyncIteration after a clean end, else the stream's error."""
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._replies.receive()
+        except trio.EndOfChannel:
+            self._done = True
+            raise Unavailable(f"{self._method.path}: {self._gone}", hop=self._target) from None
+        if isinstance(item, StreamEnd):
+            self._done = True
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item  # type: ignore[no-any-return]
 
 
 class ClientStream(Protocol):

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import betterproto2
 import h2.exceptions
 import trio
@@ -51,7 +50,7 @@ from trionsm.errors import (
 )
 
 from ._aio import Island, open_island
-from ._channel import CallOptions, ClientStream
+from ._channel import CallOptions, ClientStream, ReplyQueue, StreamEnd
 from ._grpc_h2 import TunedChannel
 from ._grpc_wire import CARDINALITY, RawCodec, configuration, decode, encode, error_from_status
 from ._services import Cardinality, MethodSpec
@@ -274,13 +273,6 @@ def _trailers(grpc_stream: Stream[Any, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-@attrs.frozen
-class _End:
-    """The last item of a stream: how it ended."""
-
-    error: TrionsmError | None
-
-
 class _StreamCall:
     """One streaming call: the asyncio pump and what Trio's side needs to send on it."""
 
@@ -311,11 +303,11 @@ class _StreamCall:
                     self.opened.set()
                     while (data := await self.grpc_stream.recv_message()) is not None:
                         await self._deliver(self.channel._decode(self.method, data))
-                end = _End(None)
+                end = StreamEnd(None)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the consumer left
             except Exception as exc:
-                end = _End(self.channel._error(exc, self.method, self.grpc_stream))
+                end = StreamEnd(self.channel._error(exc, self.method, self.grpc_stream))
             self.failure = end.error
             self.finished = True
             self.opened.set()
@@ -339,10 +331,14 @@ class _GrpcClientStream:
 
     def __init__(self, call: _StreamCall, received: trio.MemoryReceiveChannel[Any]) -> None:
         self._call = call
-        self._received = received
         self._method = call.method
         self._target = call.channel.target
-        self._done = False
+        self._replies = ReplyQueue(
+            received,
+            self._method,
+            self._target,
+            f"the stream to {self._target} ended without a status",
+        )
         self._ended = False
 
     async def send(self, message: betterproto2.Message) -> None:
@@ -374,19 +370,4 @@ class _GrpcClientStream:
         return self
 
     async def __anext__(self) -> betterproto2.Message:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            item = await self._received.receive()
-        except trio.EndOfChannel:
-            self._done = True
-            raise Unavailable(
-                f"{self._method.path}: the stream to {self._target} ended without a status",
-                hop=self._target,
-            ) from None
-        if isinstance(item, _End):
-            self._done = True
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        return await self._replies.next()

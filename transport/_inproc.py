@@ -33,7 +33,7 @@ from trionsm.errors import (
     error_for_status,
 )
 
-from ._channel import CallOptions, ClientStream
+from ._channel import CallOptions, ClientStream, ReplyQueue, StreamEnd
 from ._context import CallContext, Peer
 from ._dispatch import Dispatcher
 from ._services import MethodSpec
@@ -141,11 +141,6 @@ async def serve_inproc(
             server._stop()
 
 
-@attrs.frozen
-class _End:
-    error: TrionsmError | None
-
-
 class _InprocStream:
     def __init__(
         self,
@@ -155,12 +150,11 @@ class _InprocStream:
         target: str,
         roundtrip: bool,
     ) -> None:
-        self._replies = replies
+        self._replies = ReplyQueue(replies, method, target, "the server went away mid-stream")
         self._requests = requests
         self._method = method
         self._target = target
         self._roundtrip = roundtrip
-        self._done = False
 
     async def send(self, message: betterproto2.Message) -> None:
         if self._requests is None:
@@ -178,21 +172,7 @@ class _InprocStream:
         return self
 
     async def __anext__(self) -> betterproto2.Message:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            item = await self._replies.receive()
-        except trio.EndOfChannel:
-            self._done = True
-            raise Unavailable(
-                f"{self._method.path}: the server went away mid-stream", hop=self._target
-            ) from None
-        if isinstance(item, _End):
-            self._done = True
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        return await self._replies.next()
 
 
 class InprocChannel:
@@ -275,15 +255,15 @@ class InprocChannel:
 
         async def run_handler() -> None:
             async with send_reply:
-                end: _End | None = None
+                end: StreamEnd | None = None
                 with scope:
                     server._calls.add(scope)
                     server._streams.add(scope)
                     try:
                         await server.dispatcher.stream(served_method, handler, argument, ctx, send)
-                        end = _End(None)
+                        end = StreamEnd(None)
                     except TrionsmError as error:
-                        end = _End(_wire_error(error, roundtrip))
+                        end = StreamEnd(_wire_error(error, roundtrip))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # the client left
                     finally:
@@ -316,7 +296,7 @@ class InprocChannel:
         await trio.lowlevel.checkpoint()
 
 
-async def _deliver_end(channel: trio.MemorySendChannel[Any], end: _End) -> None:
+async def _deliver_end(channel: trio.MemorySendChannel[Any], end: StreamEnd) -> None:
     """Queue the final status behind the replies still buffered (the client may have left)."""
     with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await channel.send(end)

@@ -77,7 +77,7 @@ from ._zmq_envelope import (
     to_error,
 )
 from ._zmq_setup import MONITOR_EVENTS, client_context, dealer_socket, endpoint
-from ._zmq_socket import MonitorEvent, Readable, TrioSocket, watch
+from ._zmq_socket import MonitorEvent, Readable, TrioSocket, run_owner, watch
 
 __all__ = ["CONNECT_TIMEOUT", "ZmqChannel", "open_zmq_channel"]
 
@@ -244,27 +244,19 @@ class ZmqChannel:
 
     async def _run(self) -> None:
         """The owner's loop: handle mailbox items in batches, then drain both sockets."""
-        more = False
-        while True:
-            tokens: list[Readable] = []
-            if more:
-                await trio.lowlevel.checkpoint()
-            else:
-                self._handle(await self._owner_mailbox.receive(), tokens)
-            for _ in range(_BATCH):
-                try:
-                    item = self._owner_mailbox.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._handle(item, tokens)
-            while self._overflow:
-                self._handle(self._overflow.popleft(), tokens)
-            more = self._drain_dealer()
-            self._drain_monitor()
-            if self._touched:  # a send may have swallowed the DEALER's edge-triggered signal
-                more = self._drain_dealer() or more
-            for token in tokens:
-                token.drained.set()
+        await run_owner(self._owner_mailbox, self._handle_with_overflow, self._drain)
+
+    def _handle_with_overflow(self, item: object, tokens: list[Readable]) -> None:
+        self._handle(item, tokens)
+        while self._overflow:
+            self._handle(self._overflow.popleft(), tokens)
+
+    def _drain(self) -> bool:
+        more = self._drain_dealer()
+        self._drain_monitor()
+        if self._touched:  # a send may have swallowed the DEALER's edge-triggered signal
+            more = self._drain_dealer() or more
+        return more
 
     def _handle(self, item: object, tokens: list[Readable]) -> None:
         if isinstance(item, Frame):

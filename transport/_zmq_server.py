@@ -63,7 +63,7 @@ from ._zmq_envelope import (
 )
 from ._zmq_server_call import Out, ServerCall, serve_call
 from ._zmq_setup import bind, remove_ipc, router_socket
-from ._zmq_socket import Readable, TrioSocket, watch
+from ._zmq_socket import Readable, TrioSocket, run_owner, watch
 
 __all__ = ["PING_INTERVAL", "ZmqServer", "ZmqServerStats", "serve_zmq"]
 
@@ -131,22 +131,7 @@ class ZmqServer:
 
     async def _run(self) -> None:
         """The owner's loop: handle mailbox items in batches, then drain the ROUTER."""
-        more = False
-        while True:
-            tokens: list[Readable] = []
-            if more:
-                await trio.lowlevel.checkpoint()
-            else:
-                self._handle(await self._owner_mailbox.receive(), tokens)
-            for _ in range(_BATCH):
-                try:
-                    item = self._owner_mailbox.receive_nowait()
-                except trio.WouldBlock:
-                    break
-                self._handle(item, tokens)
-            more = self._drain()
-            for token in tokens:
-                token.drained.set()
+        await run_owner(self._owner_mailbox, self._handle, self._drain)
 
     def _handle(self, item: object, tokens: list[Readable]) -> None:
         if isinstance(item, Out):

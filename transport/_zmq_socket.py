@@ -18,6 +18,7 @@ again. The helper never touches the socket itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -25,7 +26,7 @@ import trio
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-__all__ = ["MonitorEvent", "Readable", "TrioSocket", "watch"]
+__all__ = ["MonitorEvent", "Readable", "TrioSocket", "run_owner", "watch"]
 
 
 class TrioSocket:
@@ -111,6 +112,39 @@ async def watch(socket: TrioSocket, mailbox: trio.MemorySendChannel[Any]) -> Non
             await token.drained.wait()
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         return  # the socket or the owner's mailbox closed: the owner is shutting down
+
+
+OWNER_BATCH = 256
+"""Mailbox items an owner handles before it drains its sockets again."""
+
+
+async def run_owner(
+    mailbox: trio.MemoryReceiveChannel[Any],
+    handle: Callable[[object, list[Readable]], None],
+    drain: Callable[[], bool],
+) -> None:
+    """The loop of a socket's owner task; runs until cancelled.
+
+    Handles mailbox items in batches (``handle(item, tokens)`` collects watcher tokens), then
+    ``drain()`` does what the sockets allow and returns True if more remains; only then are the
+    watchers' tokens released, so a signal is never dropped. Blocks only on an empty mailbox.
+    """
+    more = False
+    while True:
+        tokens: list[Readable] = []
+        if more:
+            await trio.lowlevel.checkpoint()
+        else:
+            handle(await mailbox.receive(), tokens)
+        for _ in range(OWNER_BATCH):
+            try:
+                item = mailbox.receive_nowait()
+            except trio.WouldBlock:
+                break
+            handle(item, tokens)
+        more = drain()
+        for token in tokens:
+            token.drained.set()
 
 
 @attrs.frozen
