@@ -34,15 +34,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/collect.py
 
-## proto: regenerate trionsm/api/ from proto/ (betterproto2; the output is committed)
+## proto: regenerate trionsm/api/ and transport/_etcd/ from proto/ (betterproto2; output committed)
 proto: $(STAMP)
 	VENV=$(VENV) bash proto/generate.sh
 
-## proto-check: fail if the committed trionsm/api/ differs from a fresh generation
+## proto-check: fail if the committed trionsm/api/ or transport/_etcd/ differs from a fresh generation
 proto-check: proto
-	@if [ -n "$$(git status --porcelain -- trionsm/api)" ]; then \
-	    git status --short -- trionsm/api; \
-	    echo "trionsm/api/ differs from a fresh generation of proto/: run 'make proto' and commit"; \
+	@if [ -n "$$(git status --porcelain -- trionsm/api transport/_etcd)" ]; then \
+	    git status --short -- trionsm/api transport/_etcd; \
+	    echo "trionsm/api/ or transport/_etcd/ differs from a fresh generation of proto/: run 'make proto' and commit"; \
 	    exit 1; \
 	fi
 
