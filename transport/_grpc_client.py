@@ -160,20 +160,21 @@ class GrpcChannel:
         call = _StreamCall(self, method, self._request(method, timeout, metadata), replies)
         pump = self._island.spawn(call.pump, payload)
         stream = _GrpcClientStream(call, received)
+        # The call's deadline is this scope's: a caller's own timeout inside the block (a
+        # fail_after around the iteration) passes through as itself.
         try:
-            with trio.fail_at(options.deadline):
+            with trio.move_on_at(options.deadline) as deadline:
                 if bidi and request is not None:
                     await stream.send(request)
                 yield stream
-        except trio.TooSlowError:
-            raise DeadlineExceeded(
-                f"{method.path}: stream ran past its deadline", hop=self._target
-            ) from None
         finally:
             pump.cancel()
             with trio.move_on_after(_CLOSE_GRACE, shield=True):
                 await pump.wait()
             received.close()
+
+        if deadline.cancelled_caught:
+            raise DeadlineExceeded(f"{method.path}: stream ran past its deadline", hop=self._target)
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight fail with Unavailable. Idempotent."""

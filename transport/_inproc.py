@@ -276,20 +276,21 @@ class InprocChannel:
 
         server._nursery.start_soon(run_handler)
         stream = _InprocStream(receive_reply, requests, method, self.target, roundtrip)
+        # The call's deadline is this scope's: a caller's own timeout inside the block (a
+        # fail_after around the iteration) passes through as itself.
         try:
-            with trio.fail_at(options.deadline):
+            with trio.move_on_at(options.deadline) as deadline:
                 if request is not None and requests is not None:
                     await stream.send(request)
                 yield stream
-        except trio.TooSlowError:
-            raise DeadlineExceeded(
-                f"{method.path}: stream ran past its deadline", hop=self.target
-            ) from None
         finally:
             scope.cancel()
             receive_reply.close()
             if requests is not None:
                 requests.close()
+
+        if deadline.cancelled_caught:
+            raise DeadlineExceeded(f"{method.path}: stream ran past its deadline", hop=self.target)
 
     async def aclose(self) -> None:
         self._closed = True

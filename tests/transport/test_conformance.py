@@ -402,3 +402,40 @@ async def test_messages_are_not_mutated_by_the_trip(
         async with open_client(server.url) as client:
             await client.network_service.request(request)
     assert bytes(request) == before
+
+
+async def test_a_callers_own_timeout_in_a_stream_block_stays_its_own(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    """Only the call's deadline becomes DeadlineExceeded; the caller's scopes behave as in Trio."""
+    server = await start(nursery, carrier, Service())
+    forever = MonitorScopeSelector(network_services=["1", "forever"])
+
+    async def read_with_fail_after(client: Any, call_timeout: float | None) -> None:
+        async with client.monitor_connection.monitor_connections(
+            forever, timeout=call_timeout
+        ) as events:
+            with trio.fail_after(0.1):
+                async for _event in events:
+                    pass
+
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            for timeout in (None, HANG):
+                with pytest.raises(trio.TooSlowError):
+                    await read_with_fail_after(client, timeout)
+                async with client.monitor_connection.monitor_connections(
+                    forever, timeout=timeout
+                ) as events:
+                    with trio.move_on_after(0.1) as own:
+                        async for _event in events:
+                            pass
+                assert own.cancelled_caught
+                with pytest.raises(trio.TooSlowError), trio.fail_after(0.1):
+                    await client.network_service.request(
+                        connection(do="sleep", seconds="10"), timeout=timeout
+                    )
+            events = client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["2"])
+            )
+            assert len(await drain(events)) == 2  # the client still works
