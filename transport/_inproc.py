@@ -251,7 +251,11 @@ class InprocChannel:
         ctx = self._context(method, options)
 
         async def send(reply: betterproto2.Message) -> None:
-            await send_reply.send(_copy(reply, roundtrip))
+            try:
+                copied = _copy(reply, roundtrip)
+            except InvalidArgument as error:  # on a real wire the server fails to encode it
+                raise Internal(error.reason, hop=server.dispatcher.hop) from error
+            await send_reply.send(copied)
 
         async def run_handler() -> None:
             async with send_reply:

@@ -88,6 +88,15 @@ def carrier(request: pytest.FixtureRequest) -> Carrier:
     return request.param  # type: ignore[no-any-return]
 
 
+WIRE_CARRIERS = [c for c in CARRIERS if c.name != "inproc"]
+
+
+@pytest.fixture(params=WIRE_CARRIERS, ids=lambda c: c.name)
+def wire_carrier(request: pytest.FixtureRequest) -> Carrier:
+    """The carriers that encode every message (plain inproc shares the objects)."""
+    return request.param  # type: ignore[no-any-return]
+
+
 ERRORS = [
     InvalidArgument,
     NotFound,
@@ -120,6 +129,8 @@ class Service:
             raise error("told to fail", hop="endpoint-1", service=connection.network_service)
         elif command == "crash":
             raise ZeroDivisionError("a bug in the handler")
+        elif command == "unencodable":
+            return Connection(id="x", labels={"k": 3})  # type: ignore[dict-item]
         return Connection(
             id=connection.id,
             network_service=connection.network_service,
@@ -142,6 +153,8 @@ class Service:
                 raise NotFound("no more events", hop="endpoint-1", service="icmp")
             if len(names) > 1 and names[1] == "forever":
                 await trio.sleep_forever()
+            if len(names) > 1 and names[1] == "unencodable":
+                yield ConnectionEvent(connections={"x": Connection(labels={"k": 3})})  # type: ignore[dict-item]
         finally:
             self.stream_closed.set()
 
@@ -439,3 +452,22 @@ async def test_a_callers_own_timeout_in_a_stream_block_stays_its_own(
                 MonitorScopeSelector(network_services=["2"])
             )
             assert len(await drain(events)) == 2  # the client still works
+
+
+async def test_an_unencodable_reply_is_internal_naming_the_server(
+    wire_carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    server = await start(nursery, wire_carrier, Service())
+    received: list[ConnectionEvent] = []
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            events = client.monitor_connection.monitor_connections(
+                MonitorScopeSelector(network_services=["1", "unencodable"])
+            )
+            with pytest.raises(Internal) as info:
+                await drain(events, received)
+            assert info.value.hop == "endpoint-1"
+            assert len(received) == 1
+            with pytest.raises(Internal) as info:
+                await client.network_service.request(connection(do="unencodable"))
+            assert info.value.hop == "endpoint-1"
