@@ -205,9 +205,12 @@ class InprocChannel:
     async def unary(
         self, method: MethodSpec, request: betterproto2.Message, options: CallOptions
     ) -> betterproto2.Message:
+        await trio.lowlevel.checkpoint()
+        # Only now, after the checkpoint, is the server looked up: a server that stopped while
+        # this task was parked there must not run the handler (Unavailable instead). From here
+        # to registering the call's scope with the server nothing yields.
         server = self._server(method)
         roundtrip = self._roundtrip or server.roundtrip_bytes
-        await trio.lowlevel.checkpoint()
         served_method, handler = server.dispatcher.lookup(method.path)
         request = _copy(request, roundtrip)
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trio
@@ -172,3 +173,43 @@ async def test_sending_to_a_finished_bidi_handler_fails_instead_of_hanging(
 
             with pytest.raises(Unavailable, match="stream closed"):
                 await send_many()
+
+
+class _StopAfterFirstStep(trio.abc.Instrument):
+    """Stops ``server`` right after ``task``'s first step: while the call sits at its first
+    checkpoint, exactly where a server stopping concurrently could slip in."""
+
+    def __init__(self, server: InprocServer) -> None:
+        self.server = server
+        self.task: trio.lowlevel.Task | None = None
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task and not self.server.stopped:
+            self.server._stop()
+
+
+async def test_a_call_racing_a_server_stop_is_unavailable_and_never_runs(
+    nursery: trio.Nursery,
+) -> None:
+    service = Service()
+    server = await _serve(nursery, "inproc://stopping", service)
+    instrument = _StopAfterFirstStep(server)
+    outcome: list[BaseException] = []
+
+    async def call(client: Any) -> None:
+        instrument.task = trio.lowlevel.current_task()
+        try:
+            await client.network_service.request(NetworkServiceRequest())
+        except Unavailable as error:
+            outcome.append(error)
+
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        with trio.fail_after(10):
+            async with open_client(server.url) as client, trio.open_nursery() as calls:
+                calls.start_soon(call, client)
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+    assert server.stopped
+    assert service.requests == 0
+    assert len(outcome) == 1
