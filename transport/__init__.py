@@ -18,6 +18,10 @@ Map:
 * :class:`CurveKeys`: CurveZMQ keys for the ZeroMQ carrier (``serve(..., curve=...)``); loaded
   lazily, like the gRPC and ZeroMQ carriers themselves, so an inproc-only program never imports
   trio-asyncio (which changes asyncio process-wide) or pyzmq.
+* :func:`open_etcd` yields an :class:`EtcdClient` for etcd's v3 API (put/get/prefix reads,
+  create-if-absent, leases, prefix watches of :class:`WatchEvent`), returning :class:`KeyValue`
+  and :class:`Lease` values; loaded lazily too (it runs grpclib on trio-asyncio). It is the
+  registry's etcd store, not a carrier.
 
 Guarantees, on every carrier: the same typed errors from :mod:`trionsm.errors` (hop, service and
 reason survive the trip); handlers run under the caller's deadline; a handler bug is
@@ -64,6 +68,14 @@ def __getattr__(name: str) -> Any:
         from ._zmq_curve import CurveKeys
 
         return CurveKeys
+    if name in {"EtcdClient", "open_etcd"}:
+        from . import _etcd_client
+
+        return getattr(_etcd_client, name)
+    if name in {"KeyValue", "Lease", "WatchEvent", "WatchEventKind"}:
+        from . import _etcd_common
+
+        return getattr(_etcd_common, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -88,12 +100,15 @@ __all__ = [
     "ClientStream",
     "CurveKeys",
     "Dispatcher",
+    "EtcdClient",
     "Handlers",
     "HealthClient",
     "InprocChannel",
     "InprocFaults",
     "InprocServer",
     "IpamClient",
+    "KeyValue",
+    "Lease",
     "MethodSpec",
     "MonitorConnectionClient",
     "NetworkServiceClient",
@@ -102,7 +117,10 @@ __all__ = [
     "Peer",
     "Scheme",
     "ServiceSpec",
+    "WatchEvent",
+    "WatchEventKind",
     "open_client",
+    "open_etcd",
     "parse_url",
     "serve",
     "serve_inproc",
