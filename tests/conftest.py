@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+if TYPE_CHECKING:
+    from tests.etcd_server import EtcdServer
 
 settings.register_profile(
     "trionsm",
@@ -25,3 +31,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if _UNDER_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, which must run every test: {report.longrepr}"
+
+
+@pytest.fixture
+async def etcd_server(tmp_path: Path) -> AsyncIterator[EtcdServer]:
+    """A real etcd on 127.0.0.1 (free ports, data under ``tmp_path``): see tests/etcd_server.py.
+
+    ``.endpoint``, ``.kill()`` (SIGKILL), ``.restart()`` (same ports and data); stopped by its
+    PID at the end. Use the real clock (no ``autojump_clock``) in tests that take it.
+    """
+    from tests.etcd_server import open_etcd_server
+
+    async with open_etcd_server(tmp_path) as server:
+        yield server
