@@ -149,10 +149,11 @@ class Catalog(Generic[M]):
         """
         name = self._name_of(value)
         previous = self._by_name.get(name)
-        if previous is not None:
-            self._unindex(name, previous)
+        services = list(self._services_of(value))
+        if previous is not None:  # a refresh keeps its place under the services it still serves
+            self._unindex(name, previous, keep=services)
         self._by_name[name] = value
-        for service in self._services_of(value):
+        for service in services:
             self._by_service.setdefault(service, {})[name] = value
         for watcher in list(self._watchers):
             if self._matches(watcher.query, value):
@@ -173,8 +174,11 @@ class Catalog(Generic[M]):
         self._advance(revision)
         return previous
 
-    def _unindex(self, name: str, value: M) -> None:
+    def _unindex(self, name: str, value: M, keep: Iterable[str] = ()) -> None:
+        kept = set(keep)
         for service in self._services_of(value):
+            if service in kept:
+                continue
             members = self._by_service.get(service)
             if members is not None:
                 members.pop(name, None)
@@ -184,7 +188,10 @@ class Catalog(Generic[M]):
     # -- queries ---------------------------------------------------------------------------------
 
     def find(self, query: M) -> list[M]:
-        """Every current registration matching ``query``, in registration order."""
+        """Every current registration matching ``query``, in registration order.
+
+        (By service: in the order the entries joined that service; a refresh keeps its place.)
+        """
         return [value for value in self._candidates(query) if self._matches(query, value)]
 
     def _candidates(self, query: M) -> Iterable[M]:

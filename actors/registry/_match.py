@@ -15,6 +15,8 @@ An empty query matches everything.
 
 from __future__ import annotations
 
+import datetime
+
 from trionsm.api.registry import NetworkService, NetworkServiceEndpoint
 
 __all__ = ["endpoint_matches", "service_matches"]
@@ -36,7 +38,7 @@ def endpoint_matches(query: NetworkServiceEndpoint, entry: NetworkServiceEndpoin
     if query.expiration_time is not None:
         if entry.expiration_time is None:
             return False
-        if int(query.expiration_time.timestamp()) != int(entry.expiration_time.timestamp()):
+        if _seconds(query.expiration_time) != _seconds(entry.expiration_time):
             return False
     for service, wanted in query.network_service_labels.items():
         present = entry.network_service_labels.get(service)
@@ -47,6 +49,21 @@ def endpoint_matches(query: NetworkServiceEndpoint, entry: NetworkServiceEndpoin
             if labels.get(key) != value:
                 return False
     return True
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_SECOND = datetime.timedelta(seconds=1)
+
+
+def _seconds(moment: datetime.datetime) -> int:
+    """The wire Timestamp's ``seconds`` (floored, exact; a naive datetime is taken as UTC).
+
+    Not ``int(moment.timestamp())``: that truncates towards zero before 1970 and a float rounds
+    x.999999 up to the next second for far-future times.
+    """
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return (moment - _EPOCH) // _SECOND
 
 
 def service_matches(query: NetworkService, entry: NetworkService) -> bool:

@@ -144,11 +144,13 @@ def check_endpoint(
         _check_labels(
             f"{_NSE}.network_service_labels[{name!r}]", labels.labels, hop=hop, service=name
         )
-    if nse.expiration_time is not None and nse.expiration_time <= now:
+    expiration = nse.expiration_time
+    if expiration is not None and expiration.tzinfo is None:
+        expiration = expiration.replace(tzinfo=datetime.UTC)  # naive is UTC, as the clock reads it
+    if expiration is not None and expiration <= now:
         _fail(
             f"{_NSE}.expiration_time",
-            f"{nse.expiration_time.isoformat()} is not after the "
-            f"registry's now ({now.isoformat()})",
+            f"{expiration.isoformat()} is not after the registry's now ({now.isoformat()})",
             hop=hop,
             service=service,
         )
