@@ -291,6 +291,11 @@ class _StreamCall:
         self.opened = trio.Event()  # set from asyncio: request headers sent, or the call failed
         self.failure: TrionsmError | None = None
         self.finished = False
+        self.server_done = False  # the server ended its replies: no request matters any more
+
+    def over(self) -> bool:
+        """Whether sending on the call is pointless: the server ended it, or it failed."""
+        return self.finished or self.server_done
 
     async def pump(self, payload: bytes | None) -> None:
         """asyncio: run the call and deliver its replies, then its outcome, to Trio."""
@@ -304,6 +309,7 @@ class _StreamCall:
                     self.opened.set()
                     while (data := await self.grpc_stream.recv_message()) is not None:
                         await self._deliver(self.channel._decode(self.method, data))
+                    self._server_ended()
                 end = StreamEnd(None)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the consumer left
@@ -319,6 +325,20 @@ class _StreamCall:
             self.finished = True
             self.opened.set()
             self._replies.close()
+
+    def _server_ended(self) -> None:
+        """The server ended its replies; read its status even if the caller never ends ours.
+
+        A bidi handler may return before the caller ends its requests. grpclib reads the
+        trailers only once the client's side ended; ending it from here would race the caller's
+        own ``send``/``end``, so grpclib is told it ended (grpclib's ``Stream._end_done``):
+        leaving the stream then resets it with NO_ERROR, as gRPC does for a finished call, which
+        stops any request still in flight. The caller's later ``send`` is Unavailable, ``end``
+        a no-op, as on every carrier.
+        """
+        self.server_done = True
+        if self.method.cardinality.client_streams:
+            self.grpc_stream._end_done = True
 
     async def _deliver(self, item: Any) -> None:
         try:
@@ -347,25 +367,33 @@ class _GrpcClientStream:
         if not self._method.cardinality.client_streams:
             raise TypeError(f"{self._method.path} is not a client-streaming method")
         data = self._call.channel._encode(self._method, message)
-        await self._on_open_stream(self._call.grpc_stream.send_message, data)
+        if not await self._on_open_stream(self._call.grpc_stream.send_message, data):
+            raise self._call.failure or Unavailable(
+                f"{self._method.path}: stream closed", hop=self._target
+            )
 
     async def end(self) -> None:
-        """End the client's side of a bidi call (the server sees the end of its requests)."""
+        """End the client's side of a bidi call (the server sees the end of its requests).
+
+        A no-op once the server has ended the call: its outcome comes from iterating.
+        """
         if self._method.cardinality is not Cardinality.STREAM_STREAM or self._ended:
             return
         self._ended = True
         await self._on_open_stream(self._call.grpc_stream.end)
 
-    async def _on_open_stream(self, action: Any, *args: Any) -> None:
+    async def _on_open_stream(self, action: Any, *args: Any) -> bool:
+        """Run ``action`` on the HTTP/2 stream; False if the call was already over."""
         await self._call.opened.wait()
-        if self._call.finished:
-            raise self._call.failure or Unavailable(
-                f"{self._method.path}: the stream is closed", hop=self._target
-            )
+        if self._call.over():
+            return False
         try:
             await self._call.channel._island.run(action, *args)
         except Exception as exc:
+            if self._call.over():  # the server ended the call meanwhile
+                return False
             raise self._call.channel._error(exc, self._method, self._call.grpc_stream) from exc
+        return True
 
     def __aiter__(self) -> AsyncIterator[betterproto2.Message]:
         return self

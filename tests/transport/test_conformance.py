@@ -117,6 +117,7 @@ class Service:
         self.seen: list[CallContext] = []
         self.stream_closed = trio.Event()
         self.stream_started = trio.Event()
+        self.bidi_closed = trio.Event()
 
     async def request(self, request: NetworkServiceRequest, ctx: CallContext) -> Connection:
         self.seen.append(ctx)
@@ -161,8 +162,16 @@ class Service:
     async def manage_prefixes(
         self, requests: AsyncIterator[PrefixRequest], ctx: CallContext
     ) -> AsyncIterator[PrefixResponse]:
-        async for request in requests:
-            yield PrefixResponse(prefix=request.prefix, exclude_prefixes=["done"])
+        self.bidi_closed = trio.Event()
+        try:
+            async for request in requests:
+                yield PrefixResponse(prefix=request.prefix, exclude_prefixes=["done"])
+                if request.prefix == "once":  # ends before the caller ends its requests
+                    return
+                if request.prefix == "fail":
+                    raise NotFound("no more prefixes", hop="endpoint-1")
+        finally:
+            self.bidi_closed.set()
 
 
 async def start(
@@ -471,3 +480,34 @@ async def test_an_unencodable_reply_is_internal_naming_the_server(
             with pytest.raises(Internal) as info:
                 await client.network_service.request(connection(do="unencodable"))
             assert info.value.hop == "endpoint-1"
+
+
+async def test_a_bidi_handler_may_end_before_the_caller_ends_its_requests(
+    carrier: Carrier, nursery: trio.Nursery
+) -> None:
+    """The replies then end as the handler ended them; end() is a no-op, send() Unavailable."""
+    service = Service()
+    server = await start(nursery, carrier, service)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            async with client.ipam.manage_prefixes() as stream:
+                await stream.send(PrefixRequest(prefix="once"))
+                assert len([reply async for reply in stream]) == 1
+                await stream.end()
+                with pytest.raises(Unavailable):
+                    await stream.send(PrefixRequest(prefix="late"))
+            async with client.ipam.manage_prefixes() as stream:
+                await stream.send(PrefixRequest(prefix="once"))
+                await service.bidi_closed.wait()
+                await stream.end()
+                assert len([reply async for reply in stream]) == 1
+            async with client.ipam.manage_prefixes() as stream:
+                await stream.send(PrefixRequest(prefix="fail"))
+                with pytest.raises(NotFound, match="no more prefixes"):
+                    await drain_bidi(stream)
+                await stream.end()
+
+
+async def drain_bidi(stream: Any) -> None:
+    async for _reply in stream:
+        pass
