@@ -17,12 +17,20 @@ import attrs
 import betterproto2
 import trio
 
-from trionsm.errors import TrionsmError, Unavailable
+from trionsm.errors import DeadlineExceeded, TrionsmError, Unavailable
 
 from ._context import _freeze
 from ._services import MethodSpec
 
-__all__ = ["CallOptions", "Channel", "ClientStream", "ReplyQueue", "StreamEnd"]
+__all__ = [
+    "CallOptions",
+    "Channel",
+    "ClientStream",
+    "ReplyQueue",
+    "StreamEnd",
+    "as_caller_sees_it",
+    "deadline_exceeded",
+]
 
 
 @attrs.frozen(eq=False)
@@ -40,20 +48,48 @@ class StreamEnd:
     error: TrionsmError | None
 
 
+def deadline_exceeded(method: MethodSpec, target: str) -> DeadlineExceeded:
+    """The error of a call whose own deadline passed: every carrier names the hop it called.
+
+    The caller's clock enforces a call's deadline, so the caller reports it, naming the hop where
+    the call was when its time ran out (the server it called, as the URL it dialed): a server's
+    own ``DeadlineExceeded`` for the same deadline may arrive later or, from a dead or partitioned
+    server, never.
+    """
+    return DeadlineExceeded(f"{method.path}: no reply before the deadline", hop=target)
+
+
+def as_caller_sees_it(
+    error: TrionsmError, method: MethodSpec, target: str, deadline: float
+) -> TrionsmError:
+    """``error`` as the caller reports it: :func:`deadline_exceeded` once the deadline passed."""
+    if isinstance(error, DeadlineExceeded) and trio.current_time() >= deadline:
+        return deadline_exceeded(method, target)
+    return error
+
+
 class ReplyQueue:
     """The client's end of a stream's replies: a memory channel closed by a :class:`StreamEnd`.
 
     Carriers queue replies and then one ``StreamEnd``; a channel that closes without one means
-    the server went away (``Unavailable`` with ``gone`` as the reason).
+    the server went away (``Unavailable`` with ``gone`` as the reason). A ``DeadlineExceeded`` end
+    after the call's ``deadline`` is reported as :func:`deadline_exceeded`, as every carrier's
+    client reports its own deadline.
     """
 
     def __init__(
-        self, replies: trio.MemoryReceiveChannel[Any], method: MethodSpec, target: str, gone: str
+        self,
+        replies: trio.MemoryReceiveChannel[Any],
+        method: MethodSpec,
+        target: str,
+        gone: str,
+        deadline: float = math.inf,
     ) -> None:
         self._replies = replies
         self._method = method
         self._target = target
         self._gone = gone
+        self._deadline = deadline
         self._done = False
 
     async def next(self) -> betterproto2.Message:
@@ -68,7 +104,7 @@ class ReplyQueue:
         if isinstance(item, StreamEnd):
             self._done = True
             if item.error is not None:
-                raise item.error
+                raise as_caller_sees_it(item.error, self._method, self._target, self._deadline)
             raise StopAsyncIteration
         return item  # type: ignore[no-any-return]
 

@@ -50,7 +50,14 @@ from trionsm.errors import (
 )
 
 from ._aio import Island, open_island
-from ._channel import CallOptions, ClientStream, ReplyQueue, StreamEnd
+from ._channel import (
+    CallOptions,
+    ClientStream,
+    ReplyQueue,
+    StreamEnd,
+    as_caller_sees_it,
+    deadline_exceeded,
+)
 from ._grpc_h2 import TunedChannel
 from ._grpc_wire import CARDINALITY, RawCodec, configuration, decode, encode, error_from_status
 from ._services import Cardinality, MethodSpec
@@ -124,7 +131,10 @@ class GrpcChannel:
         self._check_open(method)
         payload = self._encode(method, request)
         timeout, metadata = self._timeout(method, options), self._metadata(method, options)
-        data = await self._island.run(self._unary, method, payload, timeout, metadata)
+        try:
+            data = await self._island.run(self._unary, method, payload, timeout, metadata)
+        except TrionsmError as error:
+            raise as_caller_sees_it(error, method, self._target, options.deadline) from None
         return self._decode(method, data)
 
     async def _unary(
@@ -159,7 +169,7 @@ class GrpcChannel:
         replies, received = trio.open_memory_channel[Any](_REPLY_BUFFER)
         call = _StreamCall(self, method, self._request(method, timeout, metadata), replies)
         pump = self._island.spawn(call.pump, payload)
-        stream = _GrpcClientStream(call, received)
+        stream = _GrpcClientStream(call, received, options.deadline)
         # The call's deadline is this scope's: a caller's own timeout inside the block (a
         # fail_after around the iteration) passes through as itself.
         try:
@@ -174,7 +184,7 @@ class GrpcChannel:
             received.close()
 
         if deadline.cancelled_caught:
-            raise DeadlineExceeded(f"{method.path}: stream ran past its deadline", hop=self._target)
+            raise deadline_exceeded(method, self._target)
 
     async def aclose(self) -> None:
         """Close the connection; calls in flight fail with Unavailable. Idempotent."""
@@ -249,7 +259,7 @@ class GrpcChannel:
                 status, exc.message, _trailers(grpc_stream), target=target, path=path
             )
         if isinstance(exc, TimeoutError) and exc.errno is None:  # grpclib's deadline timer
-            return DeadlineExceeded(f"{path}: no answer within the deadline", hop=target)
+            return deadline_exceeded(method, target)
         if isinstance(exc, ssl.SSLCertVerificationError):
             return Unauthenticated(f"{path}: {target} failed TLS verification: {exc}", hop=target)
         if isinstance(exc, OSError):
@@ -350,7 +360,9 @@ class _StreamCall:
 class _GrpcClientStream:
     """Trio's side of a streaming call (``_channel.ClientStream``)."""
 
-    def __init__(self, call: _StreamCall, received: trio.MemoryReceiveChannel[Any]) -> None:
+    def __init__(
+        self, call: _StreamCall, received: trio.MemoryReceiveChannel[Any], deadline: float
+    ) -> None:
         self._call = call
         self._method = call.method
         self._target = call.channel.target
@@ -359,6 +371,7 @@ class _GrpcClientStream:
             self._method,
             self._target,
             f"the stream to {self._target} ended without a status",
+            deadline,
         )
         self._ended = False
 

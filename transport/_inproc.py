@@ -33,7 +33,14 @@ from trionsm.errors import (
     error_for_status,
 )
 
-from ._channel import CallOptions, ClientStream, ReplyQueue, StreamEnd
+from ._channel import (
+    CallOptions,
+    ClientStream,
+    ReplyQueue,
+    StreamEnd,
+    as_caller_sees_it,
+    deadline_exceeded,
+)
 from ._context import CallContext, Peer
 from ._dispatch import Dispatcher
 from ._services import MethodSpec
@@ -149,8 +156,10 @@ class _InprocStream:
         method: MethodSpec,
         target: str,
         roundtrip: bool,
+        options: CallOptions,
     ) -> None:
-        self._replies = ReplyQueue(replies, method, target, "the server went away mid-stream")
+        gone = "the server went away mid-stream"
+        self._replies = ReplyQueue(replies, method, target, gone, options.deadline)
         self._requests = requests
         self._method = method
         self._target = target
@@ -211,6 +220,10 @@ class InprocChannel:
         # to registering the call's scope with the server nothing yields.
         server = self._server(method)
         roundtrip = self._roundtrip or server.roundtrip_bytes
+        if options.deadline <= trio.current_time():
+            raise DeadlineExceeded(
+                f"{method.path}: the deadline passed before the call", hop=self.target
+            )
         served_method, handler = server.dispatcher.lookup(method.path)
         request = _copy(request, roundtrip)
         try:
@@ -223,6 +236,7 @@ class InprocChannel:
                 finally:
                     server._calls.discard(scope)
         except TrionsmError as error:
+            error = as_caller_sees_it(error, method, self.target, options.deadline)
             raise _wire_error(error, roundtrip) from None
         if scope.cancelled_caught:
             raise Unavailable(f"{method.path}: the server stopped mid-call", hop=self.target)
@@ -282,7 +296,7 @@ class InprocChannel:
                     await _deliver_end(send_reply, end)
 
         server._nursery.start_soon(run_handler)
-        stream = _InprocStream(receive_reply, requests, method, self.target, roundtrip)
+        stream = _InprocStream(receive_reply, requests, method, self.target, roundtrip, options)
         # The call's deadline is this scope's: a caller's own timeout inside the block (a
         # fail_after around the iteration) passes through as itself.
         try:
@@ -297,7 +311,7 @@ class InprocChannel:
                 requests.close()
 
         if deadline.cancelled_caught:
-            raise DeadlineExceeded(f"{method.path}: stream ran past its deadline", hop=self.target)
+            raise deadline_exceeded(method, self.target)
 
     async def aclose(self) -> None:
         self._closed = True

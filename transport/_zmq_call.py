@@ -20,6 +20,7 @@ import trio
 
 from trionsm.errors import Internal, InvalidArgument, TrionsmError, Unavailable
 
+from ._channel import as_caller_sees_it
 from ._codec import check_wire
 from ._services import MethodSpec
 from ._zmq_envelope import WINDOW, encode_credit, encode_data, encode_end
@@ -124,7 +125,7 @@ def encode_message(message: betterproto2.Message) -> bytes:
 def parse_reply(call: Call, item: object, target: str) -> betterproto2.Message:
     """The reply a mailbox item stands for; raises the error it carries."""
     if isinstance(item, TrionsmError):
-        raise item
+        raise as_caller_sees_it(item, call.method, target, call.deadline)
     if not isinstance(item, bytes):
         raise Internal(f"{call.method.path}: the call ended without a reply", hop=target)
     try:

@@ -42,7 +42,6 @@ import trio
 import zmq
 
 from trionsm.errors import (
-    DeadlineExceeded,
     Internal,
     InvalidArgument,
     ResourceExhausted,
@@ -51,7 +50,7 @@ from trionsm.errors import (
     Unavailable,
 )
 
-from ._channel import CallOptions, ClientStream
+from ._channel import CallOptions, ClientStream, deadline_exceeded
 from ._services import MethodSpec
 from ._url import Address, Scheme
 from ._zmq_call import (
@@ -194,7 +193,7 @@ class ZmqChannel:
         if scope.cancelled_caught:
             if not call.dispatched.is_set() and trio.current_time() < options.deadline:
                 raise self._no_connection(call)
-            raise DeadlineExceeded(f"{method.path}: no reply before the deadline", hop=self._target)
+            raise deadline_exceeded(method, self._target)
         return parse_reply(call, item, self._target)
 
     @asynccontextmanager
@@ -208,6 +207,7 @@ class ZmqChannel:
                 raise TypeError(f"{method.path} needs a request")
             payload = encode_message(request)
         call = self._new_call(method, payload, options, window=WINDOW)
+        call.deadline = options.deadline
         stream = ZmqClientStream(call, self._to_owner, self._target)
         with trio.move_on_at(options.deadline) as scope:
             try:
@@ -222,7 +222,7 @@ class ZmqChannel:
             finally:
                 self._cancel_soon(call)
         if scope.cancelled_caught:
-            raise DeadlineExceeded(f"{method.path}: stream ran past its deadline", hop=self._target)
+            raise deadline_exceeded(method, self._target)
 
     async def aclose(self) -> None:
         """Fail every call in flight with Unavailable; later calls fail at once. Idempotent.

@@ -299,25 +299,39 @@ async def test_a_handler_bug_is_internal_and_the_server_keeps_serving(
     assert "handler for /networkservice.NetworkService/Request crashed" in caplog.text
 
 
-async def test_unary_deadline(carrier: Carrier, nursery: trio.Nursery) -> None:
-    server = await start(nursery, carrier, Service())
+@pytest.mark.parametrize("seconds", [0.2, -1.0])
+async def test_unary_deadline_names_the_hop_called(
+    carrier: Carrier, nursery: trio.Nursery, seconds: float
+) -> None:
+    """The caller enforces the call's deadline: every carrier names the server it called."""
+    service = Service()
+    server = await start(nursery, carrier, service)
     with trio.fail_after(HANG):
         async with open_client(server.url) as client:
-            with pytest.raises(DeadlineExceeded):
+            with pytest.raises(DeadlineExceeded, match="deadline") as info:
                 await client.network_service.request(
-                    connection(do="sleep", seconds="10"), timeout=0.2
+                    connection(do="sleep", seconds="10"), timeout=seconds
                 )
+    assert info.value.hop == server.url
+    assert "/networkservice.NetworkService/Request" in info.value.reason
+    if seconds < 0:
+        assert service.seen == []  # a call past its deadline never reaches the handler
 
 
-async def test_stream_deadline(carrier: Carrier, nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize("seconds", [0.2, -1.0])
+async def test_stream_deadline_names_the_hop_called(
+    carrier: Carrier, nursery: trio.Nursery, seconds: float
+) -> None:
     server = await start(nursery, carrier, Service())
     with trio.fail_after(HANG):
         async with open_client(server.url) as client:
             events = client.monitor_connection.monitor_connections(
-                MonitorScopeSelector(network_services=["1", "forever"]), timeout=0.2
+                MonitorScopeSelector(network_services=["1", "forever"]), timeout=seconds
             )
-            with pytest.raises(DeadlineExceeded):
+            with pytest.raises(DeadlineExceeded, match="deadline") as info:
                 await drain(events)
+    assert info.value.hop == server.url
+    assert "/connection.MonitorConnection/MonitorConnections" in info.value.reason
 
 
 async def test_an_unknown_method_is_unimplemented(carrier: Carrier, nursery: trio.Nursery) -> None:
