@@ -7,6 +7,7 @@ Real clock only (real sockets, a real etcd); every wait is bounded with ``trio.f
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -386,6 +387,31 @@ async def test_killed_etcd_is_unavailable_for_calls_and_watches(etcd_server: Etc
         with pytest.raises(Unavailable), trio.fail_after(BOUND):
             async with client.watch_prefix(b"/"):
                 pass
+
+
+@pytest.mark.slow
+async def test_frozen_etcd_breaks_a_quiet_watch_and_times_calls_out(
+    etcd_server: EtcdServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A frozen (SIGSTOP) etcd keeps its sockets open: only keepalive PINGs notice. 6 s keeps
+    # clear of etcd's --grpc-keepalive-min-time (5 s); the client's default is 10 s.
+    monkeypatch.setattr(etcd_client_module, "KEEPALIVE_INTERVAL", 6.0)
+    monkeypatch.setattr(etcd_client_module, "KEEPALIVE_TIMEOUT", 1.0)
+    pid = etcd_server.pid
+    assert pid is not None
+    async with client_of(etcd_server, timeout=2.0) as client:
+        async with client.watch_prefix(b"/") as watch:
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(Unavailable) as broken, trio.fail_after(BOUND):
+                    await watch.__anext__()
+                with pytest.raises(Unavailable, match="did not answer within 2 s"):
+                    with trio.fail_after(BOUND):
+                        await client.get(b"/k")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        assert "broke" in broken.value.reason
+        assert await client.get(b"/k") is None  # reconnects to the thawed etcd
 
 
 async def test_the_same_client_works_again_after_a_restart(etcd_server: EtcdServer) -> None:
