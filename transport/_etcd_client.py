@@ -135,25 +135,42 @@ class EtcdClient:
         return self._hop
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
-        """Set ``key`` to ``value``, attached to ``lease`` (0: none); return the new revision."""
+        """Set ``key`` to ``value`` (one Put).
+
+        Args:
+            key: the key (non-empty).
+            value: the value (may be empty).
+            lease: attach the key to this lease (0: none); NotFound if etcd has no such lease.
+
+        Returns:
+            The revision of the change.
+        """
         check_key(key)
         request = pb.PutRequest(key=key, value=_bytes(value, "value"), lease=_lease_id(lease))
         reply = await self._call(f"put {key!r}", self._kv.put, request)
-        return _revision(reply.header)
+        return self._revision(reply.header)
 
     async def get(self, key: bytes) -> KeyValue | None:
-        """The current value of ``key``, or None if it does not exist."""
+        """Read one key (a linearizable Range).
+
+        Returns:
+            The key's current :class:`KeyValue`, or None if it does not exist.
+        """
         reply = await self._call(
             f"get {key!r}", self._kv.range, pb.RangeRequest(key=check_key(key))
         )
         return key_value(reply.kvs[0]) if reply.kvs else None
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
-        """Every key starting with ``prefix`` (sorted by key) and the revision they were read at.
+        """Read every key starting with ``prefix`` (``b""``: the whole key space).
 
-        ``b""`` reads the whole key space. Large ranges are read in pages of :data:`PAGE_SIZE`
-        keys, all at the revision of the first page, so the result is one consistent snapshot:
-        watching from ``revision + 1`` then misses no change.
+        Large ranges are read in pages of :data:`PAGE_SIZE` keys, all at the revision of the
+        first page, so the result is one consistent snapshot (each page is bounded by the
+        client's timeout; the whole read crosses into asyncio once).
+
+        Returns:
+            The keys sorted by key, and the revision they were read at: watching from
+            ``revision + 1`` then misses no change.
         """
         what = f"get_prefix {_bytes(prefix, 'prefix')!r}"
         return await self._run(what, self._range_all, prefix)
@@ -165,27 +182,44 @@ class EtcdClient:
         while True:
             request = pb.RangeRequest(key=key, range_end=end, limit=PAGE_SIZE, revision=revision)
             reply = await self._kv.range(request, timeout=self._timeout)
-            revision = revision or _revision(reply.header)
+            revision = revision or self._revision(reply.header)
             kvs.extend(key_value(kv) for kv in reply.kvs)
             if not reply.more or not reply.kvs:
                 return kvs, revision
             key = reply.kvs[-1].key + b"\0"
 
     async def delete(self, key: bytes) -> bool:
-        """Delete ``key``; True if it existed."""
+        """Delete one key.
+
+        Returns:
+            True if the key existed.
+        """
         request = pb.DeleteRangeRequest(key=check_key(key))
         reply = await self._call(f"delete {key!r}", self._kv.delete_range, request)
         return reply.deleted > 0
 
     async def delete_prefix(self, prefix: bytes) -> int:
-        """Delete every key starting with ``prefix`` (``b""``: every key); return how many."""
+        """Delete every key starting with ``prefix`` (``b""``: every key), in one revision.
+
+        Returns:
+            How many keys were deleted.
+        """
         start = _bytes(prefix, "prefix") or b"\0"
         request = pb.DeleteRangeRequest(key=start, range_end=prefix_end(prefix))
         reply = await self._call(f"delete_prefix {prefix!r}", self._kv.delete_range, request)
         return reply.deleted
 
     async def create(self, key: bytes, value: bytes, *, lease: int = 0) -> bool:
-        """Set ``key`` only if it does not exist (one transaction); True if this call created it."""
+        """Set ``key`` only if it does not exist: one transaction (create_revision == 0).
+
+        Args:
+            key: the key (non-empty).
+            value: its value.
+            lease: attach the key to this lease (0: none).
+
+        Returns:
+            True if this call created the key, False if it existed (it is left unchanged).
+        """
         check_key(key)
         put = pb.PutRequest(key=key, value=_bytes(value, "value"), lease=_lease_id(lease))
         absent = pb.Compare(
@@ -214,9 +248,13 @@ class EtcdClient:
         await self._call(f"compact {revision}", self._kv.compact, request)
 
     async def grant_lease(self, ttl_seconds: int) -> Lease:
-        """A new lease of ``ttl_seconds`` (etcd may grant more: its minimum is about 2 s).
+        """Grant a new lease; keys put with it are deleted when it expires or is revoked.
 
-        Keys put with the lease are deleted when it expires or is revoked.
+        Args:
+            ttl_seconds: the time to live asked for (etcd 3.4 grants at least about 2 s).
+
+        Returns:
+            The :class:`Lease`, with the TTL etcd granted.
         """
         if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
             raise InvalidArgument(f"a lease TTL is a positive int of seconds, not {ttl_seconds!r}")
@@ -229,7 +267,10 @@ class EtcdClient:
         return Lease(id=reply.id, ttl=reply.ttl)
 
     async def keepalive_once(self, lease_id: int) -> int:
-        """Renew a lease once; return its TTL in seconds from now.
+        """Renew a lease once (one request on a LeaseKeepAlive stream, which then ends).
+
+        Returns:
+            The lease's TTL in seconds from now.
 
         Raises:
             NotFound: the lease expired or was revoked.
@@ -321,6 +362,11 @@ class EtcdClient:
         except Exception as exc:
             raise etcd_error(exc, what, self._hop, self._timeout) from exc
 
+    def _revision(self, header: pb.ResponseHeader | None) -> int:
+        if header is None:
+            raise Unknown("etcd sent a reply without a header", hop=self._hop)
+        return header.revision
+
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise Unavailable(f"{what}: the client is closed", hop=self._hop)
@@ -341,9 +387,3 @@ def _lease_id(lease: int) -> int:
     if isinstance(lease, bool) or not isinstance(lease, int) or lease < 0:
         raise InvalidArgument(f"a lease ID is an int >= 0, not {lease!r}")
     return lease
-
-
-def _revision(header: pb.ResponseHeader | None) -> int:
-    if header is None:
-        raise Unknown("etcd sent a reply without a header")
-    return header.revision

@@ -368,6 +368,33 @@ async def test_leaving_a_watch_cancels_it_and_resets_the_stream(etcd_server: Etc
         await client.put(b"/x/after", b"v")  # the client is still fine
 
 
+async def test_cancelling_many_watches_then_closing_at_once(etcd_server: EtcdServer) -> None:
+    # stack-notes §1: cancelling several tasks that iterate asyncio streams, then closing the
+    # channel with no checkpoint in between, crashed trio-asyncio's aio_as_trio(generator).
+    for _ in range(3):
+        with trio.fail_after(BOUND):
+            async with client_of(etcd_server) as client:
+                ready = 0
+
+                async def consume(ready_now: trio.Event) -> None:
+                    nonlocal ready
+                    async with client.watch_prefix(b"/q/") as watch:
+                        ready += 1
+                        if ready == 5:
+                            ready_now.set()
+                        async for _ in watch:
+                            pass
+
+                async with trio.open_nursery() as nursery:
+                    all_ready = trio.Event()
+                    for _ in range(5):
+                        nursery.start_soon(consume, all_ready)
+                    await all_ready.wait()
+                    await client.put(b"/q/k", b"v")
+                    nursery.cancel_scope.cancel()
+            # the client closed right after the cancelled watches: no TrioInternalError
+
+
 # -- etcd dying and coming back ------------------------------------------------------------------
 
 
