@@ -37,7 +37,7 @@ import h2.exceptions
 import trio
 from grpclib.client import Channel, Stream
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from grpclib.metadata import decode_metadata, encode_metadata
+from grpclib.metadata import decode_metadata
 
 from trionsm.errors import (
     DeadlineExceeded,
@@ -60,6 +60,7 @@ from ._channel import (
 )
 from ._grpc_h2 import TunedChannel
 from ._grpc_wire import CARDINALITY, RawCodec, configuration, decode, encode, error_from_status
+from ._limits import MAX_MESSAGE_BYTES, check_message_size, check_metadata
 from ._services import Cardinality, MethodSpec
 from ._url import Address, Scheme
 
@@ -71,7 +72,10 @@ _CLOSE_GRACE = 5.0  # seconds for a stream's pump or the channel to wind down
 
 @asynccontextmanager
 async def open_grpc_channel(
-    address: Address, *, ssl_context: ssl.SSLContext | None
+    address: Address,
+    *,
+    ssl_context: ssl.SSLContext | None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> AsyncIterator[GrpcChannel]:
     """A :class:`GrpcChannel` to a ``tcp://`` or ``unix://`` server; closed on exit.
 
@@ -79,6 +83,7 @@ async def open_grpc_channel(
         address: the server. Nothing connects until the first call.
         ssl_context: TLS (with a client certificate for mTLS); its ALPN protocols are set to
             ``h2``. Over ``unix://`` the TLS server name is ``localhost``.
+        max_message_bytes: the largest request this client sends and reply it takes.
 
     Leaving the block closes the connection (calls still in flight fail with Unavailable) and
     cancels whatever still runs in the channel's island.
@@ -87,7 +92,7 @@ async def open_grpc_channel(
         ssl_context.set_alpn_protocols(["h2"])
     async with open_island() as island:
         grpc = await island.run(_new_channel, address, ssl_context)
-        channel = GrpcChannel(address, island, grpc)
+        channel = GrpcChannel(address, island, grpc, max_message_bytes)
         try:
             yield channel
         finally:
@@ -113,7 +118,14 @@ async def _close(grpc: Channel) -> None:
 class GrpcChannel:
     """A client's gRPC connection to one server (implements ``_channel.Channel``)."""
 
-    def __init__(self, address: Address, island: Island, grpc: Channel) -> None:
+    def __init__(
+        self,
+        address: Address,
+        island: Island,
+        grpc: Channel,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._limit = max_message_bytes
         self._address = address
         self._target = str(address)
         self._island = island
@@ -216,11 +228,16 @@ class GrpcChannel:
                 f"{method.path} takes {method.request.__name__}, not {type(message).__name__}"
             )
         try:
-            return encode(message)
+            data = encode(message)
         except ValueError as exc:
             raise InvalidArgument(f"{method.path}: {exc}") from exc
+        check_message_size(
+            len(data), self._limit, what="request", path=method.path, hop=self._target
+        )
+        return data
 
     def _decode(self, method: MethodSpec, data: bytes) -> betterproto2.Message:
+        check_message_size(len(data), self._limit, what="reply", path=method.path, hop=self._target)
         try:
             return decode(method.reply, data, what=f"{method.path} reply", hop=self._target)
         except InvalidArgument as exc:  # the server's fault, not the caller's
@@ -237,14 +254,8 @@ class GrpcChannel:
         return remaining
 
     def _metadata(self, method: MethodSpec, options: CallOptions) -> dict[str, str]:
-        metadata = dict(options.metadata)
-        if not metadata:
-            return metadata
-        try:
-            encode_metadata(metadata)
-        except (ValueError, TypeError) as exc:
-            raise InvalidArgument(f"{method.path}: metadata not valid for gRPC: {exc}") from None
-        return metadata
+        check_metadata(options.metadata, path=method.path, hop=self._target)
+        return dict(options.metadata)
 
     def _error(
         self, exc: BaseException, method: MethodSpec, grpc_stream: Stream[Any, Any]

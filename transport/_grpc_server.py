@@ -7,9 +7,9 @@ calls the carrier's glue (:class:`_Glue`) with grpclib's raw ``Stream``:
 
 1. The glue asks the :class:`Dispatcher` for the method (every path reaches the glue, unknown ones
    too, so UNIMPLEMENTED names the path and the hop), reads the request frame itself (a message
-   over :data:`MAX_MESSAGE_BYTES` is RESOURCE_EXHAUSTED before it is buffered; a truncated frame is
-   INVALID_ARGUMENT) and decodes it strictly (malformed protobuf is INVALID_ARGUMENT naming the
-   method and the message type).
+   over the server's ``max_message_bytes`` is RESOURCE_EXHAUSTED before it is buffered; a
+   truncated frame is INVALID_ARGUMENT) and decodes it strictly (malformed protobuf is
+   INVALID_ARGUMENT naming the method and the message type).
 2. It crosses into Trio once (``Island.trio``) to run ``Dispatcher.unary`` or ``Dispatcher.stream``
    with a :class:`CallContext` built from the stream: deadline from ``grpc-timeout``, metadata,
    peer address and the SPIFFE ID of the TLS client certificate.
@@ -46,13 +46,7 @@ from grpclib.const import Status
 from grpclib.exceptions import ProtocolError, StreamTerminatedError
 from grpclib.server import Stream
 
-from trionsm.errors import (
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    TrionsmError,
-    Unimplemented,
-)
+from trionsm.errors import Internal, InvalidArgument, TrionsmError, Unimplemented
 
 from ._aio import Island, open_island
 from ._context import CallContext, Peer
@@ -60,12 +54,12 @@ from ._dispatch import Dispatcher
 from ._grpc_h2 import listen, socket_inode, start_server, stop_server
 from ._grpc_wire import (
     CARDINALITY,
-    MAX_MESSAGE_BYTES,
     decode,
     encode,
     error_metadata,
     wire_reason,
 )
+from ._limits import MAX_MESSAGE_BYTES, check_message_size
 from ._services import Cardinality, MethodSpec
 from ._url import Address, Scheme
 
@@ -105,6 +99,7 @@ async def serve_grpc(
     dispatcher: Dispatcher,
     *,
     ssl_context: ssl.SSLContext | None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     task_status: trio.TaskStatus[GrpcServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``dispatcher`` over gRPC on a ``tcp://`` or ``unix://`` address until cancelled.
@@ -115,6 +110,7 @@ async def serve_grpc(
         ssl_context: TLS for every connection (mTLS if it requires client certificates); its
             ALPN protocols are set to ``h2``. The client's SPIFFE ID (URI SAN) becomes
             ``ctx.peer.identity``.
+        max_message_bytes: the largest request this server takes and reply it sends.
         task_status: receives the :class:`GrpcServer` once it accepts connections.
 
     Raises:
@@ -132,7 +128,7 @@ async def serve_grpc(
     bound = address.with_port(sock.getsockname()[1]) if address.scheme is Scheme.TCP else address
     try:
         async with open_island() as island:
-            glue = _Glue(dispatcher, island, bound)
+            glue = _Glue(dispatcher, island, bound, max_message_bytes)
             server = await island.run(start_server, glue, sock, ssl_context)
             try:
                 task_status.started(GrpcServer(bound, dispatcher, server.live))
@@ -164,7 +160,10 @@ class _Call:
 class _Glue:
     """grpclib's servable: one asyncio entry point per call, handlers run in Trio."""
 
-    def __init__(self, dispatcher: Dispatcher, island: Island, address: Address) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, island: Island, address: Address, limit: int
+    ) -> None:
+        self._limit = limit
         self._dispatcher = dispatcher
         self._island = island
         self._address = address
@@ -246,11 +245,7 @@ class _Glue:
             size = int.from_bytes(header[1:5], "big")
             if header[0]:
                 raise Unimplemented(f"{what} is compressed; trionsm sends none", hop=self._hop)
-            if size > MAX_MESSAGE_BYTES:
-                raise ResourceExhausted(
-                    f"{what} of {size} bytes is over the {MAX_MESSAGE_BYTES}-byte limit",
-                    hop=self._hop,
-                )
+            check_message_size(size, self._limit, what="request", path=method.path, hop=self._hop)
             data: bytes = await h2_stream.recv_data(size)
         except AssertionError:  # grpclib's Buffer: the stream ended before the frame did
             raise InvalidArgument(
@@ -267,9 +262,11 @@ class _Glue:
 
     def _encode(self, method: MethodSpec, reply: betterproto2.Message) -> bytes:
         try:
-            return encode(reply)
+            data = encode(reply)
         except ValueError as exc:
             raise Internal(f"handler for {method.path}: {exc}", hop=self._hop) from exc
+        check_message_size(len(data), self._limit, what="reply", path=method.path, hop=self._hop)
+        return data
 
     async def _stream(
         self,

@@ -23,6 +23,7 @@ from grpclib.encoding.base import CodecBase
 from trionsm.errors import TrionsmError, error_for_status
 
 from ._codec import check_wire, decode, encode
+from ._limits import MAX_MESSAGE_BYTES
 from ._services import Cardinality
 
 __all__ = [
@@ -44,9 +45,6 @@ __all__ = [
     "error_metadata",
     "wire_reason",
 ]
-
-MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
-"""The largest message a server accepts (gRPC's default receive limit): RESOURCE_EXHAUSTED above."""
 
 MAX_CONCURRENT_STREAMS: Final = 2**31 - 1
 """What our servers advertise in SETTINGS_MAX_CONCURRENT_STREAMS (h2's default is 100, and a

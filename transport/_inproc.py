@@ -9,8 +9,10 @@ look the server up on every call, so a server restarted on the same URL is found
 
 Messages are shared read-only: a handler never mutates what it received. With
 ``roundtrip_bytes=True`` every request, reply and error is encoded and decoded as on the wire, so
-the conformance suite catches what only a real socket would show. :class:`InprocFaults` lets
-tests make the next calls fail or drop every stream.
+the conformance suite catches what only a real socket would show. Either way the wire's limits
+hold (``_limits``): a message over the sender's or the receiver's size limit is
+``ResourceExhausted`` (a shared message is measured without being encoded), and metadata follows
+gRPC's rules. :class:`InprocFaults` lets tests make the next calls fail or drop every stream.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ from ._channel import (
 )
 from ._context import CallContext, Peer
 from ._dispatch import Dispatcher
+from ._limits import (
+    MAX_MESSAGE_BYTES,
+    check_message_size,
+    check_metadata,
+    encoded_size_over,
+)
 from ._services import MethodSpec
 
 __all__ = ["InprocChannel", "InprocFaults", "InprocServer", "serve_inproc"]
@@ -76,16 +84,48 @@ class InprocFaults:
         return self._fail.pop(0) if self._fail else None
 
 
-def _copy(message: betterproto2.Message, roundtrip: bool) -> betterproto2.Message:
-    """The message as the far side would see it (the same object unless ``roundtrip``)."""
+@attrs.frozen
+class _End:
+    """One end of a message's trip: its size limit and its name in errors."""
+
+    limit: int
+    hop: str | None
+
+
+def _carry(
+    message: betterproto2.Message,
+    roundtrip: bool,
+    *,
+    what: str,
+    path: str,
+    sender: _End,
+    receiver: _End,
+) -> betterproto2.Message:
+    """The message as the receiver would see it (the same object unless ``roundtrip``).
+
+    Raises:
+        ResourceExhausted: the message is over the sender's limit (naming the sender) or the
+            receiver's (naming the receiver).
+        InvalidArgument: with ``roundtrip``, a value betterproto2 cannot encode.
+    """
     if not roundtrip:
+        size = encoded_size_over(message, min(sender.limit, receiver.limit))
+        if size is not None:
+            _check_size(size, what, path, sender, receiver)
         return message
     try:
-        return type(message).parse(bytes(message))
-    except Exception as exc:  # a value betterproto2 cannot encode, or bytes it cannot parse
+        data = bytes(message)
+    except Exception as exc:  # a value betterproto2 cannot encode
         raise InvalidArgument(
             f"{type(message).__name__} does not survive the wire: {type(exc).__name__}: {exc}"
         ) from exc
+    _check_size(len(data), what, path, sender, receiver)
+    return type(message).parse(data)
+
+
+def _check_size(size: int, what: str, path: str, sender: _End, receiver: _End) -> None:
+    check_message_size(size, sender.limit, what=what, path=path, hop=sender.hop)
+    check_message_size(size, receiver.limit, what=what, path=path, hop=receiver.hop)
 
 
 def _wire_error(error: TrionsmError, roundtrip: bool) -> TrionsmError:
@@ -97,12 +137,21 @@ def _wire_error(error: TrionsmError, roundtrip: bool) -> TrionsmError:
 class InprocServer:
     """A running inproc server (what ``serve_inproc`` passes to ``task_status.started``)."""
 
-    def __init__(self, name: str, dispatcher: Dispatcher, nursery: trio.Nursery, roundtrip: bool):
+    def __init__(
+        self,
+        name: str,
+        dispatcher: Dispatcher,
+        nursery: trio.Nursery,
+        roundtrip: bool,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ):
         self.name = name
         self.url = f"inproc://{name}"
         self.dispatcher = dispatcher
         self.faults = InprocFaults()
         self.roundtrip_bytes = roundtrip
+        self.max_message_bytes = max_message_bytes
+        self._end = _End(max_message_bytes, dispatcher.hop)
         self._nursery = nursery
         self._calls: set[trio.CancelScope] = set()
         self._streams: set[trio.CancelScope] = set()
@@ -126,9 +175,17 @@ async def serve_inproc(
     dispatcher: Dispatcher,
     *,
     roundtrip_bytes: bool = False,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     task_status: trio.TaskStatus[InprocServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``dispatcher`` as ``inproc://name`` until cancelled.
+
+    Args:
+        name: the name in ``inproc://name``.
+        dispatcher: the handlers.
+        roundtrip_bytes: encode and decode every message and error as on the wire.
+        max_message_bytes: the largest request this server takes and reply it sends.
+        task_status: receives the :class:`InprocServer` once it takes calls.
 
     Raises:
         AlreadyExists: another server of this run already serves that name.
@@ -137,7 +194,7 @@ async def serve_inproc(
     if name in table:
         raise AlreadyExists(f"inproc://{name} is already served", hop=dispatcher.hop)
     async with trio.open_nursery() as nursery:
-        server = InprocServer(name, dispatcher, nursery, roundtrip_bytes)
+        server = InprocServer(name, dispatcher, nursery, roundtrip_bytes, max_message_bytes)
         table[name] = server
         try:
             task_status.started(server)
@@ -151,25 +208,23 @@ async def serve_inproc(
 class _InprocStream:
     def __init__(
         self,
-        replies: trio.MemoryReceiveChannel[Any],
+        replies: ReplyQueue,
         requests: trio.MemorySendChannel[betterproto2.Message] | None,
         method: MethodSpec,
         target: str,
-        roundtrip: bool,
-        options: CallOptions,
+        carry: Any,
     ) -> None:
-        gone = "the server went away mid-stream"
-        self._replies = ReplyQueue(replies, method, target, gone, options.deadline)
+        self._replies = replies
         self._requests = requests
         self._method = method
         self._target = target
-        self._roundtrip = roundtrip
+        self._carry = carry
 
     async def send(self, message: betterproto2.Message) -> None:
         if self._requests is None:
             raise TypeError(f"{self._method.path} is not a client-streaming method")
         try:
-            await self._requests.send(_copy(message, self._roundtrip))
+            await self._requests.send(self._carry(message))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise Unavailable(f"{self._method.path}: stream closed", hop=self._target) from None
 
@@ -185,13 +240,28 @@ class _InprocStream:
 
 
 class InprocChannel:
-    """A client channel to ``inproc://name`` (no connection: the server is looked up per call)."""
+    """A client channel to ``inproc://name`` (no connection: the server is looked up per call).
 
-    def __init__(self, name: str, *, roundtrip_bytes: bool = False, client: str = "client"):
+    Args:
+        name: the server's name.
+        roundtrip_bytes: encode and decode every message and error as on the wire.
+        client: this client's name, as the server's ``CallContext.peer`` shows it.
+        max_message_bytes: the largest request this client sends and reply it takes.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        roundtrip_bytes: bool = False,
+        client: str = "client",
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ):
         self.name = name
         self._roundtrip = roundtrip_bytes
         self._peer = Peer(f"inproc://{client}")
         self._closed = False
+        self._end = _End(max_message_bytes, self.target)
 
     @property
     def target(self) -> str:
@@ -209,7 +279,39 @@ class InprocChannel:
         return server
 
     def _context(self, method: MethodSpec, options: CallOptions) -> CallContext:
+        check_metadata(options.metadata, path=method.path, hop=self.target)
         return CallContext(method.path, options.deadline, options.metadata, self._peer)
+
+    def _request(
+        self, server: InprocServer, method: MethodSpec, request: betterproto2.Message
+    ) -> betterproto2.Message:
+        """The request as the server sees it (checked against both ends' limits)."""
+        return _carry(
+            request,
+            self._roundtrip or server.roundtrip_bytes,
+            what="request",
+            path=method.path,
+            sender=self._end,
+            receiver=server._end,
+        )
+
+    def _reply(
+        self, server: InprocServer, method: MethodSpec, reply: betterproto2.Message
+    ) -> betterproto2.Message:
+        """The reply as this client sees it; one the server could not encode is Internal."""
+        try:
+            return _carry(
+                reply,
+                self._roundtrip or server.roundtrip_bytes,
+                what="reply",
+                path=method.path,
+                sender=server._end,
+                receiver=self._end,
+            )
+        except InvalidArgument as error:  # on a real wire the server fails to encode it
+            raise Internal(
+                f"handler for {method.path}: {error.reason}", hop=server.dispatcher.hop
+            ) from error
 
     async def unary(
         self, method: MethodSpec, request: betterproto2.Message, options: CallOptions
@@ -218,6 +320,7 @@ class InprocChannel:
         # Only now, after the checkpoint, is the server looked up: a server that stopped while
         # this task was parked there must not run the handler (Unavailable instead). From here
         # to registering the call's scope with the server nothing yields.
+        ctx = self._context(method, options)
         server = self._server(method)
         roundtrip = self._roundtrip or server.roundtrip_bytes
         if options.deadline <= trio.current_time():
@@ -225,14 +328,12 @@ class InprocChannel:
                 f"{method.path}: the deadline passed before the call", hop=self.target
             )
         served_method, handler = server.dispatcher.lookup(method.path)
-        request = _copy(request, roundtrip)
+        request = self._request(server, method, request)
         try:
             with trio.CancelScope() as scope:
                 server._calls.add(scope)
                 try:
-                    reply = await server.dispatcher.unary(
-                        served_method, handler, request, self._context(method, options)
-                    )
+                    reply = await server.dispatcher.unary(served_method, handler, request, ctx)
                 finally:
                     server._calls.discard(scope)
         except TrionsmError as error:
@@ -240,15 +341,13 @@ class InprocChannel:
             raise _wire_error(error, roundtrip) from None
         if scope.cancelled_caught:
             raise Unavailable(f"{method.path}: the server stopped mid-call", hop=self.target)
-        try:
-            return _copy(reply, roundtrip)
-        except InvalidArgument as error:  # on a real wire the server fails to encode it
-            raise Internal(error.reason, hop=server.dispatcher.hop) from error
+        return self._reply(server, method, reply)
 
     @asynccontextmanager
     async def stream(
         self, method: MethodSpec, request: betterproto2.Message | None, options: CallOptions
     ) -> AsyncIterator[ClientStream]:
+        ctx = self._context(method, options)
         server = self._server(method)
         roundtrip = self._roundtrip or server.roundtrip_bytes
         served_method, handler = server.dispatcher.lookup(method.path)
@@ -263,16 +362,11 @@ class InprocChannel:
         else:
             if request is None:
                 raise TypeError(f"{method.path} needs a request")
-            argument = _copy(request, roundtrip)
+            argument = self._request(server, method, request)
         scope = trio.CancelScope()
-        ctx = self._context(method, options)
 
         async def send(reply: betterproto2.Message) -> None:
-            try:
-                copied = _copy(reply, roundtrip)
-            except InvalidArgument as error:  # on a real wire the server fails to encode it
-                raise Internal(error.reason, hop=server.dispatcher.hop) from error
-            await send_reply.send(copied)
+            await send_reply.send(self._reply(server, method, reply))
 
         async def run_handler() -> None:
             async with send_reply:
@@ -296,7 +390,16 @@ class InprocChannel:
                     await _deliver_end(send_reply, end)
 
         server._nursery.start_soon(run_handler)
-        stream = _InprocStream(receive_reply, requests, method, self.target, roundtrip, options)
+        replies = ReplyQueue(
+            receive_reply, method, self.target, "the server went away mid-stream", options.deadline
+        )
+        stream = _InprocStream(
+            replies,
+            requests,
+            method,
+            self.target,
+            lambda message: self._request(server, method, message),
+        )
         # The call's deadline is this scope's: a caller's own timeout inside the block (a
         # fail_after around the iteration) passes through as itself.
         try:
@@ -309,7 +412,6 @@ class InprocChannel:
             receive_reply.close()
             if requests is not None:
                 requests.close()
-
         if deadline.cancelled_caught:
             raise deadline_exceeded(method, self.target)
 

@@ -21,7 +21,8 @@ class with hop, service and reason; handlers run under the caller's deadline; le
 cancels its handler; a server that stops, dies or freezes is ``Unavailable`` to its clients within
 ~2 s (at once when it stops cleanly); a call while no server runs is ``Unavailable`` within one
 reconnect interval, and calls go through again once a server is back on the URL; bad envelopes
-get error replies and never stop the server; envelopes are at most 16 MiB.
+get error replies and never stop the server; messages are at most ``max_message_bytes`` (4 MiB by
+default, as on every carrier) and envelopes at most ``frame_cap`` of it.
 """
 
 from __future__ import annotations

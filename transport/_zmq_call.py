@@ -22,6 +22,7 @@ from trionsm.errors import Internal, InvalidArgument, TrionsmError, Unavailable
 
 from ._channel import as_caller_sees_it
 from ._codec import check_wire
+from ._limits import MAX_MESSAGE_BYTES, check_message_size
 from ._services import MethodSpec
 from ._zmq_envelope import WINDOW, encode_credit, encode_data, encode_end
 
@@ -75,6 +76,7 @@ class Call:
         allowance: stream messages the server may still send before our next credit.
         done: the call is over for both: the owner forgot it, or the caller left.
         scope: a unary caller's scope; the owner sets its deadline to ``deadline`` on sending.
+        limit: the largest message this client sends or takes on the call.
     """
 
     call_id: int
@@ -88,6 +90,7 @@ class Call:
     done: bool = False
     scope: trio.CancelScope | None = None
     deadline: float = math.inf
+    limit: int = MAX_MESSAGE_BYTES
 
 
 @attrs.frozen(eq=False)
@@ -128,6 +131,7 @@ def parse_reply(call: Call, item: object, target: str) -> betterproto2.Message:
         raise as_caller_sees_it(item, call.method, target, call.deadline)
     if not isinstance(item, bytes):
         raise Internal(f"{call.method.path}: the call ended without a reply", hop=target)
+    check_message_size(len(item), call.limit, what="reply", path=call.method.path, hop=target)
     try:
         check_wire(item, call.method.reply)  # betterproto2 alone accepts truncated bytes
         return call.method.reply.parse(item)
@@ -174,6 +178,9 @@ class ZmqClientStream:
         if not method.cardinality.client_streams:
             raise TypeError(f"{method.path} is not a client-streaming method")
         payload = encode_message(message)
+        check_message_size(
+            len(payload), call.limit, what="request", path=method.path, hop=self._target
+        )
         while call.credit <= 0 and not call.done:
             call.credit_changed = trio.Event()
             await call.credit_changed.wait()
@@ -200,7 +207,11 @@ class ZmqClientStream:
             self._finished = True
             if item is END:
                 raise StopAsyncIteration
-        reply = parse_reply(self._call, item, self._target)
+        try:
+            reply = parse_reply(self._call, item, self._target)
+        except TrionsmError:
+            self._finished = True  # a reply we refuse ends the stream (leaving it cancels it)
+            raise
         self._consumed += 1
         if self._consumed >= WINDOW // 2 and not self._call.done:
             credit = encode_credit(self._call.call_id, self._consumed)

@@ -51,6 +51,7 @@ from trionsm.errors import (
 )
 
 from ._channel import CallOptions, ClientStream, deadline_exceeded
+from ._limits import MAX_MESSAGE_BYTES, check_message_size, check_metadata
 from ._services import MethodSpec
 from ._url import Address, Scheme
 from ._zmq_call import (
@@ -66,13 +67,13 @@ from ._zmq_call import (
 )
 from ._zmq_curve import check_curve
 from ._zmq_envelope import (
-    MAX_FRAME,
     WINDOW,
     EnvelopeError,
     Kind,
     decode,
     encode_call,
     encode_cancel,
+    frame_cap,
     to_error,
 )
 from ._zmq_setup import MONITOR_EVENTS, client_context, dealer_socket, endpoint
@@ -92,8 +93,16 @@ _FAREWELL_LINGER_MS = 100
 class ZmqChannel:
     """A client channel to one ZeroMQ server URL (see the module docstring)."""
 
-    def __init__(self, address: Address, dealer: TrioSocket, monitor: TrioSocket) -> None:
+    def __init__(
+        self,
+        address: Address,
+        dealer: TrioSocket,
+        monitor: TrioSocket,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+    ) -> None:
         self._address = address
+        self._limit = max_message_bytes
+        self._max_frame = frame_cap(max_message_bytes)
         self._target = str(address)
         self._dealer = dealer
         self._monitor = monitor
@@ -124,6 +133,11 @@ class ZmqChannel:
     def _new_call(
         self, method: MethodSpec, payload: bytes | None, options: CallOptions, window: int
     ) -> Call:
+        check_metadata(options.metadata, path=method.path, hop=self._target)
+        if payload is not None:
+            check_message_size(
+                len(payload), self._limit, what="request", path=method.path, hop=self._target
+            )
         call_id = next(self._ids)
         timeout = None
         if options.deadline != math.inf:
@@ -136,13 +150,13 @@ class ZmqChannel:
             timeout=timeout,
             window=window,
         )
-        if len(frame) > MAX_FRAME:
+        if len(frame) > self._max_frame:  # the envelope around it: metadata is bounded too
             raise ResourceExhausted(
-                f"{method.path}: a request of {len(frame)} bytes exceeds the {MAX_FRAME} byte "
-                "limit",
+                f"{method.path}: a call envelope of {len(frame)} bytes is over the "
+                f"{self._max_frame}-byte cap",
                 hop=self._target,
             )
-        return Call(call_id, method, frame)
+        return Call(call_id, method, frame, limit=self._limit)
 
     def _unavailable(self, method: MethodSpec, reason: str) -> Unavailable:
         return Unavailable(f"{method.path}: {reason}", hop=self._target)
@@ -340,7 +354,7 @@ class ZmqChannel:
 
     def _receive(self, frame: bytes) -> None:
         try:
-            envelope = decode(frame)
+            envelope = decode(frame, self._max_frame)
         except EnvelopeError as exc:
             self.dropped += 1
             log.warning("%s: dropped a bad envelope from the server: %s", self._target, exc)
@@ -424,7 +438,9 @@ class ZmqChannel:
 
 
 @asynccontextmanager
-async def open_zmq_channel(address: Address, *, curve: Any) -> AsyncIterator[ZmqChannel]:
+async def open_zmq_channel(
+    address: Address, *, curve: Any, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> AsyncIterator[ZmqChannel]:
     """A :class:`ZmqChannel` to ``address``; connecting is lazy (libzmq retries in background).
 
     Leaving the context fails calls still in flight with Unavailable, tells the server to cancel
@@ -434,6 +450,7 @@ async def open_zmq_channel(address: Address, *, curve: Any) -> AsyncIterator[Zmq
     Args:
         address: a ``zmq+tcp://host:port`` (port not 0) or ``zmq+ipc:///path`` address.
         curve: None, or the client's :class:`CurveKeys` with ``server_public`` set.
+        max_message_bytes: the largest request this client sends and reply it takes.
 
     Raises:
         InvalidArgument: port 0, or an endpoint libzmq refuses.
@@ -448,7 +465,7 @@ async def open_zmq_channel(address: Address, *, curve: Any) -> AsyncIterator[Zmq
         body_error: BaseException | None = None
         unwrap = False
         try:
-            dealer = dealer_socket(context, address, keys)
+            dealer = dealer_socket(context, address, keys, frame_cap(max_message_bytes))
             sockets.append(dealer)
             monitor = TrioSocket(dealer.socket.get_monitor_socket(MONITOR_EVENTS), "monitor")
             sockets.append(monitor)
@@ -456,7 +473,7 @@ async def open_zmq_channel(address: Address, *, curve: Any) -> AsyncIterator[Zmq
                 dealer.socket.connect(endpoint(address))
             except zmq.ZMQError as exc:
                 raise InvalidArgument(f"cannot dial {address}: {exc}") from exc
-            channel = ZmqChannel(address, dealer, monitor)
+            channel = ZmqChannel(address, dealer, monitor, max_message_bytes)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(channel._run)

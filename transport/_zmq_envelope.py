@@ -39,8 +39,11 @@ import msgpack
 
 from trionsm.errors import TrionsmError, error_for_status
 
+from ._limits import MAX_MESSAGE_BYTES
+
 __all__ = [
     "BYE",
+    "ENVELOPE_ROOM",
     "MAX_FRAME",
     "PING",
     "VERSION",
@@ -55,12 +58,28 @@ __all__ = [
     "encode_data",
     "encode_end",
     "encode_error",
+    "frame_cap",
     "to_error",
 ]
 
 VERSION: Final = 1
-MAX_FRAME: Final = 16 * 1024 * 1024
-"""Largest envelope (bytes, protobuf payload included); the server sets ZMQ_MAXMSGSIZE to it."""
+ENVELOPE_ROOM: Final = 64 * 1024
+"""Bytes an envelope may take beyond its protobuf payload (metadata, method path, fields)."""
+
+
+def frame_cap(max_message_bytes: int) -> int:
+    """The largest envelope a socket takes (``ZMQ_MAXMSGSIZE``; libzmq drops a connection that
+    sends more) for messages of at most ``max_message_bytes``.
+
+    Four times the message limit: a message over the limit but under the cap is refused for its
+    own call only (``ResourceExhausted``, as gRPC does), and one message can never hold more than
+    the cap in memory.
+    """
+    return 4 * max_message_bytes + ENVELOPE_ROOM
+
+
+MAX_FRAME: Final = frame_cap(MAX_MESSAGE_BYTES)
+"""The envelope cap for the default message limit (16 MiB and 64 KiB)."""
 WINDOW: Final = 64
 """Stream messages a sender may have outstanding before the receiver's credit."""
 _MAX_ID = 2**64 - 1
@@ -184,15 +203,15 @@ def to_error(envelope: Envelope) -> TrionsmError:
     )
 
 
-def decode(frame: bytes) -> Envelope:
-    """Decode and check one envelope.
+def decode(frame: bytes, max_frame: int = MAX_FRAME) -> Envelope:
+    """Decode and check one envelope (at most ``max_frame`` bytes).
 
     Raises:
         EnvelopeError: not msgpack, not a map, a wrong version, an unknown kind or a missing or
             mistyped field; ``call_id`` is set when the map had a usable ``id``.
     """
-    if len(frame) > MAX_FRAME:
-        raise EnvelopeError(f"envelope of {len(frame)} bytes exceeds {MAX_FRAME}")
+    if len(frame) > max_frame:
+        raise EnvelopeError(f"envelope of {len(frame)} bytes exceeds {max_frame}")
     try:
         fields = msgpack.unpackb(frame, raw=False, use_list=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types for garbage

@@ -17,9 +17,11 @@ one client connection (a reconnect gets a new one).
 * ``cancel`` cancels the call task's scope; no frame follows.
 * Bad input never stops the server: an envelope that still carries a readable call id is answered
   with ``InvalidArgument`` (undecodable protobuf names the method and the type); one without is
-  dropped and counted in :attr:`ZmqServerStats.dropped`. A message larger than :data:`MAX_FRAME`
-  (``ZMQ_MAXMSGSIZE``, 16 MiB) makes libzmq drop that connection, which then fails that client's
-  calls; others are not affected.
+  dropped and counted in :attr:`ZmqServerStats.dropped`. Metadata that gRPC could not carry is
+  ``InvalidArgument``, and a request or reply over the message limit ``ResourceExhausted``
+  (``_limits``); an envelope larger than ``frame_cap(max_message_bytes)`` (``ZMQ_MAXMSGSIZE``,
+  16 MiB and 64 KiB by default) makes libzmq drop that connection, which then fails that
+  client's calls; others are not affected.
 * Peers: ``ZMQ_ROUTER_MANDATORY`` makes a send to a vanished connection fail, and the ticker sends
   a ``ping`` to every known connection every :data:`PING_INTERVAL` seconds, so the calls of a
   client that died (heartbeats drop its connection within ~2 s) are cancelled even when idle.
@@ -49,6 +51,7 @@ from trionsm.errors import (
 
 from ._context import CallContext, Peer
 from ._dispatch import Dispatcher
+from ._limits import MAX_MESSAGE_BYTES, check_metadata
 from ._url import Address, Scheme
 from ._zmq_curve import ZAP_ENDPOINT, check_curve, serve_zap
 from ._zmq_envelope import (
@@ -60,6 +63,7 @@ from ._zmq_envelope import (
     Kind,
     decode,
     encode_error,
+    frame_cap,
 )
 from ._zmq_server_call import Out, ServerCall, serve_call
 from ._zmq_setup import bind, remove_ipc, router_socket
@@ -105,9 +109,12 @@ class ZmqServer:
         *,
         address: Address,
         curve: bool,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.url = url
         self.dispatcher = dispatcher
+        self._limit = max_message_bytes
+        self._max_frame = frame_cap(max_message_bytes)
         self.stats = ZmqServerStats()
         self._address = address
         self._curve = curve
@@ -202,7 +209,7 @@ class ZmqServer:
             self._reject(peer, _readable_id(frames[1].bytes) if len(frames) > 1 else None, reason)
             return
         try:
-            envelope = decode(frames[1].bytes)
+            envelope = decode(frames[1].bytes, self._max_frame)
         except EnvelopeError as exc:
             self._reject(peer, exc.call_id, exc.reason)
             return
@@ -275,6 +282,11 @@ class ZmqServer:
         timeout = envelope.timeout
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         ctx = CallContext(method.path, deadline, envelope.metadata, self._peers.get(peer))
+        try:
+            check_metadata(ctx.metadata, path=method.path, hop=hop)
+        except TrionsmError as error:
+            self._send(peer, encode_error(call_id, error))
+            return
         self._calls[(peer, call_id)] = call
         self.stats.calls += 1
         self._nursery.start_soon(
@@ -287,6 +299,7 @@ class ZmqServer:
             ctx,
             self.dispatcher,
             self._to_owner,
+            self._limit,
         )
 
     async def _tick(self) -> None:
@@ -326,6 +339,7 @@ async def serve_zmq(
     dispatcher: Dispatcher,
     *,
     curve: Any,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     task_status: trio.TaskStatus[ZmqServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``dispatcher`` on a ``zmq+tcp://`` or ``zmq+ipc://`` address until cancelled.
@@ -338,6 +352,7 @@ async def serve_zmq(
         dispatcher: the handler table.
         curve: None, or the server's :class:`CurveKeys` (encryption, and client keys checked by
             the ZAP handler).
+        max_message_bytes: the largest request this server takes and reply it sends.
 
     Raises:
         AlreadyExists: the address is in use (also a live ipc socket at the path).
@@ -356,11 +371,19 @@ async def serve_zmq(
             sockets.append(zap)
             zap.socket.setsockopt(zmq.LINGER, 0)
             zap.socket.bind(ZAP_ENDPOINT)
-        router = router_socket(context, keys)
+        router = router_socket(context, keys, frame_cap(max_message_bytes))
         sockets.append(router)
         url, created = bind(router.socket, address)
         async with trio.open_nursery() as nursery:
-            server = ZmqServer(url, dispatcher, router, nursery, address=address, curve=bool(keys))
+            server = ZmqServer(
+                url,
+                dispatcher,
+                router,
+                nursery,
+                address=address,
+                curve=bool(keys),
+                max_message_bytes=max_message_bytes,
+            )
             nursery.start_soon(server._run)
             nursery.start_soon(watch, router, server._to_owner)
             nursery.start_soon(server._tick)

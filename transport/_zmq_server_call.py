@@ -16,13 +16,14 @@ import attrs
 import betterproto2
 import trio
 
-from trionsm.errors import Internal, InvalidArgument, ResourceExhausted, TrionsmError
+from trionsm.errors import Internal, InvalidArgument, TrionsmError
 
 from ._codec import check_wire
 from ._context import CallContext
 from ._dispatch import Dispatcher
+from ._limits import MAX_MESSAGE_BYTES, check_message_size
 from ._services import Cardinality, MethodSpec
-from ._zmq_envelope import MAX_FRAME, WINDOW, encode_credit, encode_data, encode_end, encode_error
+from ._zmq_envelope import WINDOW, encode_credit, encode_data, encode_end, encode_error
 
 __all__ = ["Out", "ServerCall", "parse_request", "serve_call"]
 
@@ -54,8 +55,16 @@ class Out:
     last: bool
 
 
-def parse_request(method: MethodSpec, payload: bytes, hop: str) -> betterproto2.Message:
-    """The request a payload encodes; InvalidArgument naming the method and the type if not."""
+def parse_request(
+    method: MethodSpec, payload: bytes, hop: str, limit: int = MAX_MESSAGE_BYTES
+) -> betterproto2.Message:
+    """The request a payload encodes; InvalidArgument naming the method and the type if not.
+
+    Raises:
+        ResourceExhausted: the payload is over ``limit`` bytes.
+        InvalidArgument: the payload is not a valid request.
+    """
+    check_message_size(len(payload), limit, what="request", path=method.path, hop=hop)
     try:
         check_wire(payload, method.request)  # betterproto2 alone accepts truncated bytes
         return method.request.parse(payload)
@@ -67,21 +76,19 @@ def parse_request(method: MethodSpec, payload: bytes, hop: str) -> betterproto2.
         ) from None
 
 
-def _encode_reply(method: MethodSpec, call_id: int, reply: betterproto2.Message, hop: str) -> bytes:
+def _encode_reply(
+    method: MethodSpec, call_id: int, reply: betterproto2.Message, hop: str, limit: int
+) -> bytes:
     try:
-        frame = encode_data(call_id, bytes(reply))
+        payload = bytes(reply)
     except Exception as exc:
         raise Internal(
             f"{method.path}: {type(reply).__name__} does not survive the wire: "
             f"{type(exc).__name__}: {exc}",
             hop=hop,
         ) from None
-    if len(frame) > MAX_FRAME:
-        raise ResourceExhausted(
-            f"{method.path}: a reply of {len(frame)} bytes exceeds the {MAX_FRAME} byte limit",
-            hop=hop,
-        )
-    return frame
+    check_message_size(len(payload), limit, what="reply", path=method.path, hop=hop)
+    return encode_data(call_id, payload)
 
 
 async def serve_call(
@@ -93,8 +100,11 @@ async def serve_call(
     ctx: CallContext,
     dispatcher: Dispatcher,
     owner: trio.MemorySendChannel[Any],
+    limit: int = MAX_MESSAGE_BYTES,
 ) -> None:
     """Run one call and post its last frame (``data``, ``end`` or ``error``).
+
+    ``limit`` bounds the request and reply messages (``ResourceExhausted`` above it).
 
     Blocks while the handler runs and while the client has no credit for a reply. Cancelled by
     the call's scope; then posts nothing.
@@ -104,13 +114,13 @@ async def serve_call(
         try:
             if method.cardinality is Cardinality.UNARY_UNARY:
                 assert payload is not None
-                request = parse_request(method, payload, hop)
+                request = parse_request(method, payload, hop, limit)
                 reply = await dispatcher.unary(method, handler, request, ctx)
-                frame = _encode_reply(method, call.call_id, reply, hop)
+                frame = _encode_reply(method, call.call_id, reply, hop, limit)
             else:
 
                 async def send(reply: betterproto2.Message) -> None:
-                    frame = _encode_reply(method, call.call_id, reply, hop)
+                    frame = _encode_reply(method, call.call_id, reply, hop, limit)
                     while call.credit <= 0:
                         call.credit_changed = trio.Event()
                         await call.credit_changed.wait()
@@ -119,10 +129,10 @@ async def serve_call(
 
                 argument: Any
                 if requests is not None:
-                    argument = _Requests(call, method, requests, hop, owner)
+                    argument = _Requests(call, method, requests, hop, owner, limit)
                 else:
                     assert payload is not None
-                    argument = parse_request(method, payload, hop)
+                    argument = parse_request(method, payload, hop, limit)
                 await dispatcher.stream(method, handler, argument, ctx, send)
                 frame = encode_end(call.call_id)
         except TrionsmError as error:
@@ -143,7 +153,9 @@ class _Requests:
         receive: trio.MemoryReceiveChannel[bytes],
         hop: str,
         owner: trio.MemorySendChannel[Any],
+        limit: int,
     ) -> None:
+        self._limit = limit
         self._call = call
         self._method = method
         self._receive = receive
@@ -164,4 +176,4 @@ class _Requests:
             credit = encode_credit(self._call.call_id, self._consumed)
             self._consumed = 0
             await self._owner.send(Out(self._call, credit, last=False))
-        return parse_request(self._method, payload, self._hop)
+        return parse_request(self._method, payload, self._hop, self._limit)

@@ -5,7 +5,9 @@ Both sides:
 * ZMTP heartbeats (``ZMQ_HEARTBEAT_IVL`` 0.5 s, ``_TIMEOUT`` 1.5 s, ``_TTL`` 2 s): a peer that died
   without closing its socket, or froze, has its connection dropped within ~2 s; a handshake that
   has not finished after 3 s (``ZMQ_HANDSHAKE_IVL``) is dropped too;
-* ``ZMQ_MAXMSGSIZE`` = :data:`MAX_FRAME` (16 MiB): libzmq drops a connection that sends more;
+* ``ZMQ_MAXMSGSIZE`` = ``frame_cap(max_message_bytes)`` (16 MiB and 64 KiB by default): libzmq
+  drops a connection that sends more; smaller messages over the message limit are refused per
+  call by the owners;
 * ``ZMQ_SNDHWM`` 0: nothing is ever dropped silently; stream credits and the server's call limit
   bound what can queue;
 * linger 0: nothing waits on close, except the goodbye frames the owners flush on purpose.
@@ -103,20 +105,22 @@ async def client_context() -> AsyncIterator[zmq.Context[zmq.Socket[bytes]]]:
                 await trio.to_thread.run_sync(shared.context.term)
 
 
-def _common(socket: zmq.Socket[bytes]) -> None:
+def _common(socket: zmq.Socket[bytes], max_frame: int) -> None:
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.SNDHWM, 0)
-    socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
+    socket.setsockopt(zmq.MAXMSGSIZE, max_frame)
     socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
     socket.setsockopt(zmq.HEARTBEAT_TTL, HEARTBEAT_TTL_MS)
     socket.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
 
 
-def router_socket(context: zmq.Context[zmq.Socket[bytes]], keys: CurveKeys | None) -> TrioSocket:
+def router_socket(
+    context: zmq.Context[zmq.Socket[bytes]], keys: CurveKeys | None, max_frame: int = MAX_FRAME
+) -> TrioSocket:
     """The server's ROUTER, not bound yet (a CurveZMQ server with ``keys``)."""
     router = context.socket(zmq.ROUTER)
-    _common(router)
+    _common(router, max_frame)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
     if keys is not None:
         configure_server(router, keys)
@@ -124,11 +128,14 @@ def router_socket(context: zmq.Context[zmq.Socket[bytes]], keys: CurveKeys | Non
 
 
 def dealer_socket(
-    context: zmq.Context[zmq.Socket[bytes]], address: Address, keys: CurveKeys | None
+    context: zmq.Context[zmq.Socket[bytes]],
+    address: Address,
+    keys: CurveKeys | None,
+    max_frame: int = MAX_FRAME,
 ) -> TrioSocket:
     """A client's DEALER for ``address``, not connected yet (a CurveZMQ client with ``keys``)."""
     dealer = context.socket(zmq.DEALER)
-    _common(dealer)
+    _common(dealer, max_frame)
     dealer.setsockopt(zmq.IMMEDIATE, 1)
     dealer.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
     dealer.setsockopt(zmq.CONNECT_TIMEOUT, CONNECT_TIMEOUT_MS)

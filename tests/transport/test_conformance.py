@@ -132,6 +132,8 @@ class Service:
             raise ZeroDivisionError("a bug in the handler")
         elif command == "unencodable":
             return Connection(id="x", labels={"k": 3})  # type: ignore[dict-item]
+        elif command == "big":
+            return Connection(id="big", labels={"blob": "x" * int(connection.labels["bytes"])})
         return Connection(
             id=connection.id,
             network_service=connection.network_service,
@@ -154,6 +156,10 @@ class Service:
                 raise NotFound("no more events", hop="endpoint-1", service="icmp")
             if len(names) > 1 and names[1] == "forever":
                 await trio.sleep_forever()
+            if len(names) > 2 and names[1] == "big":
+                yield ConnectionEvent(
+                    connections={"big": Connection(id="big", labels={"blob": "x" * int(names[2])})}
+                )
             if len(names) > 1 and names[1] == "unencodable":
                 yield ConnectionEvent(connections={"x": Connection(labels={"k": 3})})  # type: ignore[dict-item]
         finally:
@@ -175,7 +181,11 @@ class Service:
 
 
 async def start(
-    nursery: trio.Nursery, carrier: Carrier, service: Service, url: str | None = None
+    nursery: trio.Nursery,
+    carrier: Carrier,
+    service: Service,
+    url: str | None = None,
+    **options: Any,
 ) -> Any:
     handlers = {NETWORK_SERVICE: service, MONITOR_CONNECTION: service, IPAM: service}
     return await nursery.start(
@@ -185,6 +195,7 @@ async def start(
             hop="endpoint-1",
             roundtrip_bytes=carrier.roundtrip_bytes,
             task_status=task_status,
+            **options,
         )
     )
 
@@ -525,3 +536,88 @@ async def test_a_bidi_handler_may_end_before_the_caller_ends_its_requests(
 async def drain_bidi(stream: Any) -> None:
     async for _reply in stream:
         pass
+
+
+MIB = 1 << 20
+REQUEST_PATH = "/networkservice.NetworkService/Request"
+
+
+async def test_one_message_size_limit_both_ways(carrier: Carrier, nursery: trio.Nursery) -> None:
+    """4 MiB by default on every carrier: the sender refuses to send more, naming the hop."""
+    service = Service()
+    server = await start(nursery, carrier, service)
+    selector = MonitorScopeSelector(network_services=["2", "big", str(4 * MIB + 1)])
+    received: list[ConnectionEvent] = []
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(ResourceExhausted, match="over the 4194304-byte") as info:
+                await client.network_service.request(connection(blob="x" * (4 * MIB)))
+            assert info.value.hop == server.url  # our client refused to send it
+            assert REQUEST_PATH in info.value.reason
+            assert f"{len(bytes(connection(blob='x' * (4 * MIB))))} bytes" in info.value.reason
+            assert service.seen == []
+            with pytest.raises(ResourceExhausted, match="reply of 4194") as info:
+                await client.network_service.request(connection(do="big", bytes=str(4 * MIB)))
+            assert info.value.hop == "endpoint-1"  # the server refused to send it
+            assert REQUEST_PATH in info.value.reason
+            with pytest.raises(ResourceExhausted, match="reply of 4194") as info:
+                await drain(client.monitor_connection.monitor_connections(selector), received)
+            assert info.value.hop == "endpoint-1"
+            assert len(received) == 2
+            just_under = 4 * MIB - 100
+            reply = await client.network_service.request(
+                connection(do="big", bytes=str(just_under))
+            )
+            assert len(reply.labels["blob"]) == just_under
+
+
+async def test_the_receiver_enforces_its_own_limit(carrier: Carrier, nursery: trio.Nursery) -> None:
+    """A peer with a larger limit is refused by the receiver's (configurable) limit."""
+    service = Service()
+    server = await start(nursery, carrier, service, max_message_bytes=64 * 1024)
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(ResourceExhausted, match=r"request of .* 65536-byte") as info:
+                await client.network_service.request(connection(blob="x" * 100_000))
+            assert info.value.hop == "endpoint-1"
+            assert service.seen == []
+        async with open_client(server.url, max_message_bytes=1024) as client:
+            with pytest.raises(ResourceExhausted, match=r"reply of .* 1024-byte") as info:
+                await client.network_service.request(connection(do="big", bytes="2000"))
+            assert info.value.hop == server.url
+            assert (await client.network_service.request(connection())).labels["served"] == "yes"
+
+
+BAD_METADATA = {
+    "reserved": {"grpc-timeout": "1S"},
+    "binary": {"token-bin": "abc"},
+    "key-character": {"nsm client token": "x"},
+    "newline": {"nsm-client-token": "a\nb"},
+    "non-ascii": {"nsm-client-token": "caf\u00e9"},
+    "empty-value": {"nsm-client-token": ""},
+    "too-big": {"nsm-client-token": "x" * 9000},
+}
+
+
+@pytest.mark.parametrize("metadata", BAD_METADATA.values(), ids=BAD_METADATA.keys())
+async def test_metadata_follows_grpcs_rules_on_every_carrier(
+    carrier: Carrier, nursery: trio.Nursery, metadata: dict[str, str]
+) -> None:
+    service = Service()
+    server = await start(nursery, carrier, service)
+    (key,) = metadata
+    with trio.fail_after(HANG):
+        async with open_client(server.url) as client:
+            with pytest.raises(InvalidArgument, match=key) as info:
+                await client.network_service.request(connection(), metadata=metadata)
+            assert info.value.hop == server.url
+            with pytest.raises(InvalidArgument, match=key):
+                await drain(
+                    client.monitor_connection.monitor_connections(
+                        MonitorScopeSelector(network_services=["1"]), metadata=metadata
+                    )
+                )
+            good = {"NSM-Client-Token": "jwt.x-y_z", "path": '{"index": 1}'}
+            await client.network_service.request(connection(), metadata=good)
+    assert len(service.seen) == 1
+    assert service.seen[0].client_token == "jwt.x-y_z"

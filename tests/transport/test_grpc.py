@@ -266,7 +266,7 @@ async def test_bad_input_gets_a_clear_answer_and_leaks_nothing(nursery: trio.Nur
     assert len(service.seen) == 2  # no bad request reached the handler
 
 
-async def test_our_client_gets_resource_exhausted_for_an_oversized_request(
+async def test_an_oversized_request_is_refused_by_our_client_and_by_the_server(
     nursery: trio.Nursery,
 ) -> None:
     server = await start(nursery, Service())
@@ -274,7 +274,12 @@ async def test_our_client_gets_resource_exhausted_for_an_oversized_request(
         async with open_client(server.url) as client:
             with pytest.raises(ResourceExhausted, match="limit") as info:
                 await client.network_service.request(request(blob="x" * (5 << 20)))
-            assert info.value.hop == "nse-1"
+            assert info.value.hop == server.url  # refused before sending
+            assert (await client.network_service.request(request())).labels["served"] == "yes"
+        async with open_client(server.url, max_message_bytes=8 << 20) as client:
+            with pytest.raises(ResourceExhausted, match="limit") as info:
+                await client.network_service.request(request(blob="x" * (5 << 20)))
+            assert info.value.hop == "nse-1"  # refused by the server before it is buffered
             assert (await client.network_service.request(request())).labels["served"] == "yes"
 
 

@@ -442,8 +442,8 @@ async def test_the_client_refuses_an_oversized_request_without_sending_it(
     server = await start(nursery)
     with trio.fail_after(HANG):
         async with open_client(server.url) as client:
-            with pytest.raises(ResourceExhausted, match="exceeds the 16777216 byte limit"):
-                await client.network_service.request(request(blob="x" * MAX_FRAME))
+            with pytest.raises(ResourceExhausted, match="over the 4194304-byte message limit"):
+                await client.network_service.request(request(blob="x" * (4 << 20)))
             assert (await client.network_service.request(request())).labels["served"] == "yes"
 
 
