@@ -14,12 +14,14 @@ and the server counts as up when etcd logs that it serves client traffic (it log
 has a leader and the member is published, after the client port is listening). Every wait
 is bounded with ``trio.fail_after`` and fails with etcd's last log lines. The process is only
 ever signalled by its own PID: :meth:`EtcdServer.kill` sends SIGKILL, leaving the block sends
-SIGTERM and then SIGKILL if etcd has not exited within :data:`STOP_GRACE` seconds.
+SIGTERM and then SIGKILL if etcd has not exited within :data:`STOP_GRACE` seconds. Should the
+test process itself die, the kernel kills etcd too (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import os
 import shutil
 import signal
@@ -43,6 +45,7 @@ STOP_GRACE = 10.0
 # What etcd 3.4 logs once it serves clients: with --logger=zap, and with the older capnslog.
 _READY = (b"serving client traffic", b"ready to serve client requests")
 _LOG_LINES = 40  # lines of etcd's log kept for error messages
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def free_ports(count: int) -> list[int]:
@@ -57,6 +60,12 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL etcd if the test process dies without stopping it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class EtcdServer:
@@ -123,6 +132,7 @@ class EtcdServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=_die_with_parent,
         )
         self._process = process
         ready = trio.Event()  # set on etcd's "ready" line, or when its log ends (it exited)
