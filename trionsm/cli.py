@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from trionsm import __version__
+from trionsm._cli import registry
 
 __all__ = ["build_parser", "main"]
 
@@ -19,8 +20,7 @@ trionsm demo: not built yet.
 The demo runs a two-node mesh in network namespaces (registry, two `trionsm node` processes, an
 external forwarder, two ICMP-responder NSEs, a pinging NSC) and injects a forwarder SIGKILL and an
 NSE death. It needs pieces that do not exist yet:
-  - the NSM v1 API on the wire and the gRPC/ZeroMQ transports
-  - the registry, the nsmgr/forwarder/NSE/NSC actors and the connection path
+  - the nsmgr/forwarder/NSE/NSC actors and the connection path
   - the kernel data plane (veth and VXLAN wires)
   - `trionsm node` and the process-level mesh builder
 """
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trionsm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="run the two-node demo mesh (not built yet)")
+    registry.add_parser(commands)
     return parser
 
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         sys.stderr.write(_DEMO_MISSING)
         return 3
+    if args.command == "registry":
+        return registry.run(args)
     parser.error(f"unknown command {args.command!r}")  # argparse exits (status 2)
 
 

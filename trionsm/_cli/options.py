@@ -1,0 +1,71 @@
+"""Argument types shared by the sub-commands: durations, listen URLs, stores.
+
+Each raises ``argparse.ArgumentTypeError`` with the value and what is allowed, so a bad flag fails
+up front with one clear line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from trionsm.errors import InvalidArgument
+from trionsm.transport import parse_url
+
+__all__ = ["duration", "listen_url", "parse_duration", "store_url"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: ``60s``, ``1m30s``, ``500ms``, ``2h``, or a bare number of seconds.
+
+    Raises:
+        ValueError: anything else, or a duration that is not positive.
+    """
+    value = text.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        position, seconds = 0, 0.0
+        for match in _PART.finditer(value):
+            if match.start() != position:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            position = match.end()
+        if position != len(value) or not value:
+            raise ValueError(
+                f"{text!r} is not a duration; use e.g. 60s, 1m30s, 500ms, 2h or plain seconds"
+            ) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{text!r}: a duration must be positive and finite")
+    return seconds
+
+
+def duration(text: str) -> float:
+    """argparse type for durations."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_url(text: str) -> str:
+    """argparse type for a URL to serve on (any dialable transport URL)."""
+    try:
+        address = parse_url(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+    if not address.dialable:
+        raise argparse.ArgumentTypeError(f"{text!r}: an inode:// URL cannot be listened on")
+    return text
+
+
+def store_url(text: str) -> str:
+    """argparse type for ``--store``: ``memory`` or ``etcd://HOST:PORT[/PREFIX]``."""
+    if text == "memory" or re.fullmatch(r"etcd://[^/\s]+:\d+(/\S*)?", text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected 'memory' or 'etcd://HOST:PORT[/PREFIX]' (e.g. etcd://127.0.0.1:2379)"
+    )
