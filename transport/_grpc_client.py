@@ -153,12 +153,44 @@ class GrpcChannel:
         try:
             async with grpc_stream:
                 await grpc_stream.send_message(payload, end=True)
-                reply = await grpc_stream.recv_message()
+                reply = await self._receive(method, grpc_stream)
         except Exception as exc:
             raise self._error(exc, method, grpc_stream) from exc
         if reply is None:
             raise Internal(f"{method.path}: {self._target} sent no reply", hop=self._target)
-        return reply  # type: ignore[no-any-return]
+        return reply
+
+    async def _receive(self, method: MethodSpec, grpc_stream: Stream[Any, Any]) -> bytes | None:
+        """asyncio: the next reply message (None once the server ended its replies).
+
+        Reads the length-prefixed frame itself (grpclib's ``recv_message`` would buffer a
+        message of any declared size): a reply declared over the limit is ResourceExhausted
+        before it is read, and leaving the grpclib stream then resets it, so at most HTTP/2's
+        flow-control window of it is ever buffered.
+        """
+        if not grpc_stream._recv_initial_metadata_done:
+            await grpc_stream.recv_initial_metadata()
+        h2_stream = grpc_stream._stream
+        try:
+            with grpc_stream._wrapper:  # grpclib's deadline and connection-loss handling
+                header = await h2_stream.recv_data(5)
+                if not header:
+                    return None
+                size = int.from_bytes(header[1:5], "big")
+                if header[0]:
+                    raise Internal(
+                        f"{method.path}: {self._target} sent a compressed reply; we asked for none",
+                        hop=self._target,
+                    )
+                check_message_size(
+                    size, self._limit, what="reply", path=method.path, hop=self._target
+                )
+                data: bytes = await h2_stream.recv_data(size)
+        except AssertionError:  # grpclib's Buffer: the stream ended inside the frame
+            raise Internal(
+                f"{method.path}: the reply from {self._target} is cut short", hop=self._target
+            ) from None
+        return data
 
     @asynccontextmanager
     async def stream(
@@ -234,7 +266,6 @@ class GrpcChannel:
         return data
 
     def _decode(self, method: MethodSpec, data: bytes) -> betterproto2.Message:
-        check_message_size(len(data), self._limit, what="reply", path=method.path, hop=self._target)
         try:
             return decode(method.reply, data, what=f"{method.path} reply", hop=self._target)
         except InvalidArgument as exc:  # the server's fault, not the caller's

@@ -61,7 +61,8 @@ class StreamCall:
                     else:
                         await self.grpc_stream.send_request()
                     self.opened.set()
-                    while (data := await self.grpc_stream.recv_message()) is not None:
+                    receive = self.channel._receive
+                    while (data := await receive(self.method, self.grpc_stream)) is not None:
                         await self._deliver(self.channel._decode(self.method, data))
                     self._server_ended()
                 end = StreamEnd(None)

@@ -8,6 +8,7 @@ a broken or hostile client would send.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -735,3 +736,76 @@ async def test_a_silent_peer_is_unavailable_not_a_hang(nursery: trio.Nursery) ->
             with pytest.raises(Unavailable):
                 await client.network_service.request(NetworkServiceRequest())
     nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class Greedy:
+    """A raw HTTP/2 gRPC server answering every call with a reply declared as 1 GiB."""
+
+    port: int = 0
+    sent: int = 0  # reply bytes it managed to send, as flow control let it
+    resets: int = 0  # streams the client reset
+    reset: trio.Event = attrs.field(factory=trio.Event)
+
+    CAP = 64 << 20  # sends at most this much of the 1 GiB, then waits
+
+    async def serve(self, task_status: trio.TaskStatus[None]) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, sock: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):  # the client closed first
+            await self._converse(sock)
+
+    async def _converse(self, sock: trio.SocketStream) -> None:
+        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        conn = h2.connection.H2Connection(config=config)
+        conn.initiate_connection()
+        await sock.send_all(conn.data_to_send())
+        pending: dict[int, bytes] = {}
+        async with sock:
+            while data := await sock.receive_some(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        headers = [(":status", "200"), ("content-type", "application/grpc")]
+                        conn.send_headers(event.stream_id, headers)
+                        pending[event.stream_id] = grpc_frame(b"", declared=1 << 30)
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamReset):
+                        pending.pop(event.stream_id, None)
+                        self.resets += 1
+                        self.reset.set()
+                for stream_id, head in pending.items():
+                    while self.sent < self.CAP:
+                        room = min(conn.local_flow_control_window(stream_id), 16384)
+                        if room <= len(head):
+                            break
+                        conn.send_data(stream_id, head + bytes(room - len(head)))
+                        self.sent += room - len(head)
+                        head = b""
+                    pending[stream_id] = head
+                await sock.send_all(conn.data_to_send())
+
+
+async def test_a_huge_reply_is_refused_before_it_is_read(nursery: trio.Nursery) -> None:
+    """grpclib would buffer a reply of any declared size; our client reads the length first."""
+    greedy = Greedy()
+    await nursery.start(greedy.serve)
+    with trio.fail_after(HANG):
+        async with open_client(f"tcp://127.0.0.1:{greedy.port}") as client:
+            with pytest.raises(ResourceExhausted, match="reply of 1073741824 bytes") as info:
+                await client.network_service.request(request())
+            assert info.value.hop == f"tcp://127.0.0.1:{greedy.port}"
+            events = client.monitor_connection.monitor_connections(MonitorScopeSelector())
+            with pytest.raises(ResourceExhausted, match="reply of 1073741824 bytes"):
+                async with events as replies:
+                    await replies.__anext__()
+            while greedy.resets < 2:
+                await greedy.reset.wait()
+                greedy.reset = trio.Event()
+    assert greedy.sent < 12 << 20  # what flow control let through before the resets
