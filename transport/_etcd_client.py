@@ -198,6 +198,26 @@ class EtcdClient:
         reply = await self._call(f"delete {key!r}", self._kv.delete_range, request)
         return reply.deleted > 0
 
+    async def delete_if(self, key: bytes, *, mod_revision: int) -> bool:
+        """Delete ``key`` only if it was last changed at ``mod_revision`` (one transaction).
+
+        How a writer removes exactly what it wrote and nothing written after it.
+
+        Returns:
+            True if this call deleted the key, False if it was gone or changed since.
+        """
+        check_key(key)
+        unchanged = pb.Compare(
+            result=pb.CompareCompareResult.EQUAL,
+            target=pb.CompareCompareTarget.MOD,
+            key=key,
+            mod_revision=mod_revision,
+        )
+        delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key))
+        request = pb.TxnRequest(compare=[unchanged], success=[delete])
+        reply = await self._call(f"delete_if {key!r}", self._kv.txn, request)
+        return reply.succeeded
+
     async def delete_prefix(self, prefix: bytes) -> int:
         """Delete every key starting with ``prefix`` (``b""``: every key), in one revision.
 

@@ -73,6 +73,7 @@ class WatchEventKind(enum.Enum):
 
     PUT = "put"
     DELETE = "delete"
+    PROGRESS = "progress"
 
 
 @attrs.frozen
@@ -80,20 +81,25 @@ class WatchEvent:
     """One change seen by a watch.
 
     Attributes:
-        kind: PUT (created or changed) or DELETE (deleted, or its lease expired or was revoked).
+        kind: PUT (created or changed), DELETE (deleted, or its lease expired or was revoked), or
+            PROGRESS (the answer to :meth:`EtcdWatch.request_progress`: every change up to
+            ``mod_revision`` has been delivered; key and value are empty).
         key: the key.
         value: the new value (empty for DELETE).
-        mod_revision: the revision of the change (for DELETE: the revision of the deletion).
-            Changes made by one transaction share a revision.
+        mod_revision: the revision of the change (for DELETE: the revision of the deletion; for
+            PROGRESS: etcd's current revision). Changes made by one transaction share a revision.
+        lease: the lease the key is attached to after a PUT (0: none).
     """
 
     kind: WatchEventKind
     key: bytes
     value: bytes
     mod_revision: int
+    lease: int = 0
 
     PUT = WatchEventKind.PUT
     DELETE = WatchEventKind.DELETE
+    PROGRESS = WatchEventKind.PROGRESS
 
 
 def key_value(kv: mvccpb.KeyValue) -> KeyValue:

@@ -67,8 +67,17 @@ class EtcdWatch:
             with a start revision, every change from that revision on).
     """
 
-    def __init__(self, received: trio.MemoryReceiveChannel[Any], hop: str, what: str) -> None:
+    def __init__(
+        self,
+        received: trio.MemoryReceiveChannel[Any],
+        hop: str,
+        what: str,
+        pump: _Pump | None = None,
+        island: Island | None = None,
+    ) -> None:
         self._received = received
+        self._pump = pump
+        self._island = island
         self._hop = hop
         self._what = what
         self._pending: collections.deque[WatchEvent] = collections.deque()
@@ -83,6 +92,21 @@ class EtcdWatch:
                 return
             raise Unavailable(f"{self._what}: etcd sent events before it created the watch")
         raise Unavailable(f"{self._what}: etcd did not create the watch within {bound:g} s")
+
+    async def request_progress(self) -> None:
+        """Ask etcd for a PROGRESS event: it arrives after every change already committed.
+
+        Waiting for it is how a reader knows it has seen everything committed before the call
+        (etcd answers once the watch has caught up). Blocks only to send the request.
+
+        Raises:
+            Unavailable: the watch has ended, or the request could not be sent.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._pump is None or self._island is None:
+            raise Unavailable(f"{self._what}: this watch cannot request progress", hop=self._hop)
+        await self._island.run(self._pump.request_progress)
 
     def __aiter__(self) -> AsyncIterator[WatchEvent]:
         return self
@@ -129,8 +153,9 @@ async def open_watch(
         Unavailable: etcd is unreachable or did not confirm the watch in time.
     """
     replies, received = trio.open_memory_channel[Any](_BUFFER)
-    pump = island.spawn(_Pump(island, grpc, create, replies, hop, what, bound).run)
-    watch = EtcdWatch(received, hop, what)
+    runner = _Pump(island, grpc, create, replies, hop, what, bound)
+    pump = island.spawn(runner.run)
+    watch = EtcdWatch(received, hop, what, runner, island)
     try:
         await watch._wait_created(bound)
         yield watch
@@ -161,6 +186,18 @@ class _Pump:
         self._hop = hop
         self._what = what
         self._timeout = timeout
+        self._stream_handle: Any = None
+
+    async def request_progress(self) -> None:
+        """asyncio: send a progress request on the open stream."""
+        stream = self._stream_handle
+        if stream is None:
+            raise Unavailable(f"{self._what}: the watch stream is not open", hop=self._hop)
+        request = pb.WatchRequest(progress_request=pb.WatchProgressRequest())
+        try:
+            await stream.send_message(request)
+        except Exception as exc:
+            raise etcd_error(exc, self._what, self._hop, self._timeout) from exc
 
     async def run(self) -> None:
         """asyncio: run the watch until it ends or is cancelled."""
@@ -184,6 +221,7 @@ class _Pump:
             WATCH_PATH, Cardinality.STREAM_STREAM, pb.WatchRequest, pb.WatchResponse
         ) as stream:
             await stream.send_message(request)
+            self._stream_handle = stream
             while (reply := await stream.recv_message()) is not None:
                 item = self._item(reply)
                 if item is not None:
@@ -216,11 +254,15 @@ class _Pump:
                 key=event.kv.key,
                 value=event.kv.value,
                 mod_revision=event.kv.mod_revision,
+                lease=event.kv.lease,
             )
             for event in reply.events
             if event.kv is not None
         ]
-        return events or None  # no events: a progress notification
+        if events:
+            return events
+        revision = reply.header.revision if reply.header is not None else 0
+        return [WatchEvent(WatchEventKind.PROGRESS, b"", b"", revision)]
 
     async def _deliver(self, item: Any) -> None:
         try:

@@ -496,3 +496,46 @@ async def test_no_tasks_or_fds_leak(etcd_server: EtcdServer) -> None:
             await client.get(b"/leak")
     assert _task_count() == tasks
     assert _open_fds() == fds
+
+
+async def test_progress_follows_every_committed_change(etcd_server: EtcdServer) -> None:
+    with trio.fail_after(30):
+        async with (
+            client_of(etcd_server) as watcher,
+            client_of(etcd_server) as writer,
+            watcher.watch_prefix(b"/p/") as watch,
+        ):
+            revisions = [await writer.put(b"/p/%d" % i, b"v") for i in range(5)]
+            await writer.put(b"/elsewhere", b"x")  # moves etcd's revision, not this prefix
+            await watch.request_progress()
+            seen: list[WatchEvent] = []
+            async for event in watch:
+                seen.append(event)
+                if event.kind is WatchEvent.PROGRESS:
+                    break
+        assert [e.mod_revision for e in seen[:-1]] == revisions
+        assert all(e.kind is WatchEvent.PUT for e in seen[:-1])
+        assert seen[-1].mod_revision == revisions[-1] + 1
+        assert (seen[-1].key, seen[-1].value) == (b"", b"")
+
+
+async def test_watch_events_carry_the_lease(etcd_server: EtcdServer) -> None:
+    with trio.fail_after(30):
+        async with client_of(etcd_server) as client, client.watch_prefix(b"/l/") as watch:
+            lease = await client.grant_lease(30)
+            await client.put(b"/l/a", b"1", lease=lease.id)
+            await client.put(b"/l/b", b"2")
+            first, second = await next_events(watch, 2)
+        assert (first.lease, second.lease) == (lease.id, 0)
+
+
+async def test_delete_if_removes_only_the_revision_written(etcd_server: EtcdServer) -> None:
+    with trio.fail_after(30):
+        async with client_of(etcd_server) as client:
+            old = await client.put(b"/d/a", b"1")
+            new = await client.put(b"/d/a", b"2")
+            assert not await client.delete_if(b"/d/a", mod_revision=old)
+            assert (await client.get(b"/d/a")) is not None
+            assert await client.delete_if(b"/d/a", mod_revision=new)
+            assert (await client.get(b"/d/a")) is None
+            assert not await client.delete_if(b"/d/a", mod_revision=new)
