@@ -80,6 +80,9 @@ class Registry:
         self._entries: dict[tuple[str, str], Entry] = {}
         self._locks = KeyedLock()
         self._spawn: Spawn | None = None
+        take_over = getattr(store, "on_take_over", None)
+        if take_over is not None:
+            take_over(self._taken_over)
 
     @property
     def clock(self) -> Clock:
@@ -124,6 +127,12 @@ class Registry:
             entry.ended = True
         self._entries.clear()
 
+    def _taken_over(self, kind: str, name: str) -> None:
+        """Another replica re-registered ``name``: its entry there is the authority now."""
+        entry = self._entries.pop((kind, name), None)
+        if entry is not None:
+            entry.end()
+
     async def expire(self, entry: Entry) -> bool:
         """An entry's deadline passed: remove its registration (False if it was refreshed)."""
         key = (entry.kind, entry.name)
@@ -132,11 +141,9 @@ class Registry:
                 return True
             if trio.current_time() < entry.deadline:
                 return False
-            try:
-                await self.store.expire(entry.kind, entry)
-            finally:
-                if self._entries.get(key) is entry:
-                    del self._entries[key]
+            if self._entries.get(key) is entry:
+                del self._entries[key]
+            await self.store.expire(entry.kind, entry)
             return True
 
     async def _keep(self, entry: Entry, fresh: bool, deadline: float) -> None:

@@ -127,7 +127,7 @@ def open_store(
     if store.startswith("etcd://"):
         from ._etcd_store import EtcdStore
 
-        etcd: Store = EtcdStore(store, watch_buffer=watch_buffer, hop=hop)  # type: ignore[assignment]
+        etcd: Store = EtcdStore(store, watch_buffer=watch_buffer, hop=hop)
         return etcd
     raise InvalidArgument(
         f"store {store!r}: expected 'memory' or 'etcd://HOST:PORT[/PREFIX]'", hop=hop
