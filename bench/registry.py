@@ -8,10 +8,11 @@ Prints one JSON object (last line of stdout); progress goes to stderr.
   Python scan of the same 100,000 messages in the same run (the baseline a naive registry pays).
 * ``registry_expiry_lateness_p99_ms``: how late ``deleted=true`` events reach a watcher after the
   entries' expiration times, 10,000 entries expiring over 10 s, memory store (target <= 100).
-  With ``--etcd HOST:PORT`` the same for the etcd store (``..._etcd``: the live replica deletes at
-  the deadline) and for the lease backstop (``..._etcd_backstop``: the replica is gone, etcd's
-  lease removes the keys and another replica's watcher reports them).
-* ``registry_register_per_s`` (inproc; ``..._etcd`` with ``--etcd``) and ``registry_entry_kib``
+  The same with the etcd store, against a real etcd started for the run (``..._etcd``: the live
+  replica deletes at the deadline) and for the lease backstop (``..._etcd_backstop``: the
+  registering replica's entries are stopped, etcd's lease removes the keys and another replica's
+  watcher reports them).
+* ``registry_register_per_s`` (inproc; ``..._etcd`` with the etcd store) and ``registry_entry_kib``
   (memory store, traced allocation per registered endpoint with its entry actor): reported.
 """
 
@@ -20,12 +21,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -35,6 +39,7 @@ from trionsm.api.registry import NetworkServiceEndpoint, NetworkServiceEndpointQ
 from trionsm.clock import current_clock
 from trionsm.transport import Client, open_client
 
+ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"registry_find_p50_ms_100k": 5.0, "registry_expiry_lateness_p99_ms": 100.0}
 
 
@@ -107,49 +112,136 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def register_rate(url: str, count: int, **options: Any) -> float:
+async def register_rate(url: str, count: int, *, concurrency: int = 1, **options: Any) -> float:
+    """Registrations per second over the inproc carrier, ``concurrency`` callers at a time."""
     async with registry(url, **options) as (_, client):
+        pending = iter(range(count))
+
+        async def caller() -> None:
+            for index in pending:
+                await client.nse_registry.register(endpoint(index, 100))
+
         began = time.perf_counter()
-        for index in range(count):
-            await client.nse_registry.register(endpoint(index, 100))
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(caller)
         return count / (time.perf_counter() - began)
 
 
-async def expiry_lateness(url: str, count: int, spread: float, **options: Any) -> dict[str, float]:
-    """p50/p99/max lateness (ms) of deleted=true events after the entries' expiration times."""
-    async with registry(url, **options) as (handle, client):
-        clock = current_clock()
-        lateness: list[float] = []
-        done = trio.Event()
+async def register_all(
+    handle: RegistryHandle, endpoints: list[NetworkServiceEndpoint], concurrency: int
+) -> None:
+    """Register every endpoint through ``handle``'s registry, ``concurrency`` at a time."""
+    pending = iter(endpoints)
 
-        async def watch(task_status: trio.TaskStatus[None]) -> None:
-            async with client.nse_registry.find(query("service-0", watch=True)) as stream:
-                task_status.started()
-                async for response in stream:
-                    if not response.deleted:
-                        continue
-                    expires = response.network_service_endpoint.expiration_time
-                    assert expires is not None
-                    lateness.append((trio.current_time() - clock.deadline(expires)) * 1000)
-                    if len(lateness) == count:
-                        done.set()
-                        return
+    async def worker() -> None:
+        for nse in pending:
+            await handle.registry.register_endpoint(nse)
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(watch)
-            first = trio.current_time() + 1.0 + count / 2000  # registering takes a moment
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(worker)
+
+
+async def expiry_lateness(
+    url: str,
+    count: int,
+    spread: float,
+    *,
+    head_start: float,
+    concurrency: int = 1,
+    watch_url: str | None = None,
+    stop_first: bool = False,
+    **options: Any,
+) -> dict[str, float]:
+    """p50/p99/max lateness (ms) of deleted=true events after the entries' expiration times.
+
+    Entries are registered through the registry at ``url``; the watcher runs on the registry at
+    ``watch_url`` (a second replica, same options) or on the same one. ``stop_first`` stops the
+    registering replica once everything is registered, so only the store's backstop can delete.
+    """
+    clock = current_clock()
+    lateness: list[float] = []
+    done = trio.Event()
+
+    async def watch(client: Client, task_status: trio.TaskStatus[None]) -> None:
+        async with client.nse_registry.find(query("service-0", watch=True)) as stream:
+            task_status.started()
+            async for response in stream:
+                if not response.deleted:
+                    continue
+                expires = response.network_service_endpoint.expiration_time
+                assert expires is not None
+                lateness.append((trio.current_time() - clock.deadline(expires)) * 1000)
+                if len(lateness) == count:
+                    done.set()
+                    return
+
+    async with trio.open_nursery() as nursery:
+        async with AsyncExitStack() as stack:
+            handle, client = await stack.enter_async_context(registry(url, **options))
+            if watch_url is not None:
+                _, client = await stack.enter_async_context(registry(watch_url, **options))
+            watcher = await stack.enter_async_context(trio.open_nursery())
+            await watcher.start(watch, client)
+            first = trio.current_time() + head_start
+            batch = []
             for index in range(count):
                 nse = endpoint(index, 1)
                 nse.expiration_time = clock.timestamp(first + spread * index / count)
-                await handle.registry.register_endpoint(nse)
+                batch.append(nse)
+            await register_all(handle, batch, concurrency)
             assert trio.current_time() < first, "registration took longer than the head start"
+            if stop_first:
+                await handle.supervisor.terminate_child("entries")
             with trio.fail_after(first + spread + 30 - trio.current_time()):
                 await done.wait()
-        return {
-            "p50": round(statistics.median(lateness), 2),
-            "p99": round(quantile(lateness, 0.99), 2),
-            "max": round(max(lateness), 2),
-        }
+            watcher.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+    return {
+        "p50": round(statistics.median(lateness), 2),
+        "p99": round(quantile(lateness, 0.99), 2),
+        "max": round(max(lateness), 2),
+    }
+
+
+async def etcd_figures(args: argparse.Namespace) -> dict[str, Any]:
+    """The etcd store's figures, with a real etcd started for the run (skipped without one)."""
+    if shutil.which("etcd") is None:
+        log("etcd: not installed, etcd figures skipped")
+        return {"etcd": "not installed"}
+    sys.path.insert(0, str(ROOT))
+    from tests.etcd_server import open_etcd_server
+
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        async with open_etcd_server(Path(directory), name="trionsm-bench") as etcd:
+            store = f"etcd://{etcd.endpoint}/bench"
+            rate = await register_rate("inproc://bench-register-etcd", 1000, store=store)
+            results["registry_register_per_s_etcd"] = round(rate)
+            log(f"register: {rate:.0f}/s over inproc, etcd store")
+            concurrent = await register_rate(
+                "inproc://bench-register-etcd-32", 640, store=f"{store}-32", concurrency=32
+            )
+            results["registry_register_per_s_etcd_32_concurrent"] = round(concurrent)
+            log(f"register: {concurrent:.0f}/s, 32 at a time, etcd store")
+            head = 2.0 + 1.5 * args.expiring / concurrent
+            live = await expiry_lateness(
+                "inproc://bench-expiry-etcd", args.expiring, args.spread,
+                head_start=head, concurrency=32, store=f"{store}-live",
+            )  # fmt: skip
+            log(f"expiry lateness (etcd, live replica): {live}")
+            backstop = await expiry_lateness(
+                "inproc://bench-expiry-etcd-a", args.expiring, args.spread,
+                head_start=head, concurrency=32, watch_url="inproc://bench-expiry-etcd-b",
+                stop_first=True, store=f"{store}-backstop",
+            )  # fmt: skip
+            log(f"expiry lateness (etcd, lease backstop): {backstop}")
+    results["registry_expiry_lateness_p99_ms_etcd"] = live["p99"]
+    results["registry_expiry_lateness_p50_ms_etcd"] = live["p50"]
+    results["registry_expiry_lateness_p99_ms_etcd_backstop"] = backstop["p99"]
+    results["registry_expiry_lateness_p50_ms_etcd_backstop"] = backstop["p50"]
+    return results
 
 
 async def entry_kib(count: int) -> float:
@@ -175,13 +267,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     results["registry_register_per_s"] = round(rate)
     log(f"register: {rate:.0f}/s over inproc")
     gc.collect()
-    late = await expiry_lateness("inproc://bench-expiry", args.expiring, args.spread)
+    late = await expiry_lateness(
+        "inproc://bench-expiry", args.expiring, args.spread, head_start=1.0 + args.expiring / 2000
+    )
     log(f"expiry lateness (memory): {late}")
     results["registry_expiry_lateness_p50_ms"] = late["p50"]
     results["registry_expiry_lateness_p99_ms"] = late["p99"]
     results["registry_expiry_lateness_max_ms"] = late["max"]
     results["registry_entry_kib"] = round(await entry_kib(args.memory_entries), 2)
     log(f"memory: {results['registry_entry_kib']} KiB per endpoint")
+    if not args.no_etcd:
+        results.update(await etcd_figures(args))
     results["targets"] = TARGETS
     results["meets_targets"] = {
         key: results[key] <= target for key, target in TARGETS.items() if key in results
@@ -198,6 +294,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--expiring", type=int, default=10_000)
     parser.add_argument("--spread", type=float, default=10.0)
     parser.add_argument("--memory-entries", type=int, default=20_000)
+    parser.add_argument("--no-etcd", action="store_true", help="skip the etcd store's figures")
     return parser.parse_args()
 
 
