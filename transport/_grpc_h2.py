@@ -10,20 +10,20 @@
 
   - a server's very first SETTINGS frame raises ``SETTINGS_MAX_CONCURRENT_STREAMS`` from h2's
     100 and carries :data:`PINGS_WELCOME`;
-  - a client PINGs only a server whose SETTINGS carried :data:`PINGS_WELCOME` (other gRPC
-    servers answer frequent PINGs with GOAWAY ``too_many_pings``); a server always PINGs;
+  - its keepalive tells a dead peer from a busy event loop, and a client PINGs only a server
+    whose SETTINGS carried :data:`PINGS_WELCOME` (``_grpc_keepalive``);
   - a peer declaring an oversized frame is disconnected at once (h2 would buffer the whole
     frame before checking its length);
   - a server tracks its connections, so that :func:`stop_server` can abort them.
 
-These are the carrier's only uses of grpclib and h2 internals (``Server._mapping``, the
-``_protocol_factory`` methods, ``H2Protocol.connection_made``,
-``Connection._is_need_send_ping``, h2's frame buffer); grpclib is pinned below 0.5.
+These, ``_grpc_keepalive`` (grpclib's ``Connection`` keepalive hooks) and the clients' frame
+readers (``Stream._stream``, ``_wrapper``, ``_end_done``) are the carrier's only uses of grpclib
+and h2 internals (``Server._mapping``, the ``_protocol_factory`` methods,
+``H2Protocol.connection_made``, h2's frame buffer); grpclib is pinned below 0.5.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
@@ -38,7 +38,7 @@ import h2.exceptions
 import trio
 from grpclib.client import Channel
 from grpclib.const import Handler as GrpcHandler
-from grpclib.protocol import Connection, EventsProcessor, H2Protocol
+from grpclib.protocol import EventsProcessor, H2Protocol
 from grpclib.server import Server
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
@@ -46,14 +46,8 @@ from h2.settings import SettingCodes, Settings
 
 from trionsm.errors import AlreadyExists, FailedPrecondition, PermissionDenied, TrionsmError
 
-from ._grpc_wire import (
-    HANDSHAKE_TIMEOUT,
-    KEEPALIVE_TIMEOUT,
-    MAX_CONCURRENT_STREAMS,
-    PINGS_WELCOME,
-    RawCodec,
-    configuration,
-)
+from ._grpc_keepalive import KeepaliveConnection
+from ._grpc_wire import MAX_CONCURRENT_STREAMS, PINGS_WELCOME, RawCodec, configuration
 from ._url import Address, Scheme
 
 __all__ = [
@@ -210,71 +204,6 @@ class TunedChannel(Channel):
         return _Protocol(base.handler, base.config, base.h2_config, client=True)
 
 
-class _Connection(Connection):
-    """grpclib's connection state, except that a client PINGs only a server that welcomes it.
-
-    gRPC servers in general (grpcio, grpc-go) close a connection that PINGs more often than every
-    five minutes while they send nothing (GOAWAY ``too_many_pings``); trionsm servers say in their
-    SETTINGS (:data:`PINGS_WELCOME`) that they accept a PING every ``KEEPALIVE_INTERVAL``.
-    """
-
-    def __init__(self, h2_conn: H2Connection, transport: Any, *, config: Any, client: bool):
-        super().__init__(h2_conn, transport, config=config)
-        self._h2 = h2_conn
-        self._client = client
-
-    def _is_need_send_ping(self) -> bool:
-        if self._client and self._h2.remote_settings.get(PINGS_WELCOME) != 1:
-            return False
-        return bool(super()._is_need_send_ping())
-
-    last_received = 0.0
-    """``time.monotonic()`` when bytes last arrived from the peer (set by the protocol)."""
-
-    def initialize(self) -> None:
-        super().initialize()
-        # An HTTP/2 peer speaks first thing (its SETTINGS preface). One that accepted the TCP
-        # connection and says nothing (a frozen process, another service on the port) would
-        # otherwise hold every call on this connection forever.
-        asyncio.get_event_loop().call_later(HANDSHAKE_TIMEOUT, self._check_handshake)
-
-    def _check_handshake(self) -> None:
-        if self.last_received == 0.0 and not self.is_closing():
-            self.close()
-
-    def _ping(self) -> None:
-        # grpclib closes the connection when a PING's ack is late. Under load the ack may sit
-        # behind data the peer is busily sending, or our own loop may have stalled: both mean a
-        # live peer. So the close timer is ours: it closes only when nothing at all has arrived
-        # within KEEPALIVE_TIMEOUT, and waits again otherwise.
-        super()._ping()
-        handler = self._close_by_ping_handler
-        if handler is not None and handler is not self._our_timer:
-            handler.cancel()
-            self._arm()
-
-    _our_timer: asyncio.TimerHandle | None = None
-
-    _due = 0.0
-
-    def _arm(self) -> None:
-        loop = asyncio.get_event_loop()
-        self._due = loop.time() + KEEPALIVE_TIMEOUT
-        self._our_timer = loop.call_later(KEEPALIVE_TIMEOUT, self._ping_overdue)
-        self._close_by_ping_handler = self._our_timer
-
-    def _ping_overdue(self) -> None:
-        self._close_by_ping_handler = self._our_timer = None
-        late = asyncio.get_event_loop().time() - self._due
-        talking = time.monotonic() - self.last_received < KEEPALIVE_TIMEOUT
-        if talking or late > KEEPALIVE_TIMEOUT / 4:
-            # The peer is talking (the ack is queued behind its data), or this timer fired late
-            # because our own process was starved of CPU: neither says the peer is dead.
-            self._arm()
-            return
-        self.close()
-
-
 class _Protocol(H2Protocol):
     """One HTTP/2 connection, either end.
 
@@ -325,7 +254,13 @@ class _Protocol(H2Protocol):
             h2_conn.update_settings(
                 {SettingCodes.INITIAL_WINDOW_SIZE: self.config.http2_stream_window_size}
             )
-        self.connection = _Connection(h2_conn, transport, config=self.config, client=self._client)
+        self.connection = KeepaliveConnection(
+            h2_conn,
+            transport,
+            config=self.config,
+            client=self._client,
+            on_close=self._closing if self._client else None,
+        )
         self.connection.flush()
         self.connection.initialize()
         self.processor = EventsProcessor(self.handler, self.connection)
@@ -336,7 +271,7 @@ class _Protocol(H2Protocol):
 
     def data_received(self, data: bytes) -> None:
         connection = self.connection
-        if isinstance(connection, _Connection):
+        if isinstance(connection, KeepaliveConnection):
             connection.last_received = time.monotonic()
         super().data_received(data)
         # h2 checks a frame's declared length only once the whole frame has arrived: a peer
@@ -350,6 +285,12 @@ class _Protocol(H2Protocol):
                     h2_conn.close_connection(ErrorCodes.FRAME_SIZE_ERROR)
                     self.connection.flush()
                 self.processor.close("the peer sent an oversized frame")
+
+    def _closing(self) -> None:
+        # A client's channel reconnects once its handler says the connection is lost; grpclib
+        # says so only in connection_lost, a loop iteration after the close, and a call made in
+        # between would use the closed connection.
+        self.handler.connection_lost = True  # type: ignore[attr-defined]  # client Handler
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._live is not None:

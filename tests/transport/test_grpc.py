@@ -49,6 +49,7 @@ from trionsm.transport import (
     open_client,
     serve,
 )
+from trionsm.transport._grpc_keepalive import MAX_STARVED_WINDOWS, Verdict, verdict
 
 HANG = 10  # seconds: a hang catcher, not a speed test
 REQUEST = "/networkservice.NetworkService/Request"
@@ -809,3 +810,68 @@ async def test_a_huge_reply_is_refused_before_it_is_read(nursery: trio.Nursery) 
                 await greedy.reset.wait()
                 greedy.reset = trio.Event()
     assert greedy.sent < 12 << 20  # what flow control let through before the resets
+
+
+@pytest.mark.parametrize(
+    ("heard", "unread", "lag", "starved", "expected"),
+    [
+        (True, False, 0.0, 0, Verdict.WAIT),  # the peer talked: alive
+        (True, False, 0.0, MAX_STARVED_WINDOWS, Verdict.WAIT),
+        (False, False, 0.0, 0, Verdict.CLOSE),  # silence, and we kept up: dead or partitioned
+        (False, False, 0.2, 0, Verdict.CLOSE),
+        (False, True, 0.0, 0, Verdict.WAIT),  # its bytes wait unread: we are behind
+        (False, False, 0.3, 0, Verdict.WAIT),  # our loop is behind: cannot tell
+        (False, True, 0.0, MAX_STARVED_WINDOWS, Verdict.CLOSE),  # but not forever
+        (False, False, 5.0, MAX_STARVED_WINDOWS, Verdict.CLOSE),
+    ],
+)
+def test_the_keepalive_rule(
+    heard: bool, unread: bool, lag: float, starved: int, expected: Verdict
+) -> None:
+    assert verdict(heard=heard, unread=unread, lag=lag, starved=starved) is expected
+
+
+class _PingsSent:
+    """A predicate for :func:`settled`: the connection sent ``count`` more PINGs, or closed."""
+
+    def __init__(self, protocol: Any, count: int) -> None:
+        self.protocol = protocol
+        self.left = count
+        self.last = protocol.connection.last_ping_sent
+
+    def __call__(self) -> bool:
+        sent = self.protocol.connection.last_ping_sent
+        if sent != self.last:
+            self.last, self.left = sent, self.left - 1
+        return self.left <= 0 or bool(self.protocol.handler.connection_lost)
+
+
+async def test_a_loop_behind_on_its_reads_does_not_take_a_live_peer_for_dead(
+    nursery: trio.Nursery,
+) -> None:
+    """Under load trio-asyncio reads a socket again only once its queue of callbacks has drained,
+    while a due timer runs ahead of that queue: the keepalive timer fired on time, found nothing
+    read for a second (the peer's acks unread in the socket) and closed a live connection (the
+    1,000-stream conformance test under CPU starvation). Here the client stops reading."""
+    service = Service()
+    server = await start(nursery, service)
+    selector = MonitorScopeSelector(network_services=["icmp"])
+    async with (
+        open_client(server.url) as client,
+        client.monitor_connection.monitor_connections(selector) as events,
+    ):
+        with trio.fail_after(HANG):
+            await events.__anext__()
+        protocol = client.channel._grpc._protocol  # type: ignore[attr-defined]
+        transport = protocol._transport
+        transport.pause_reading()  # what a loop seconds behind does to this socket
+        try:
+            await settled(_PingsSent(protocol, 4))  # three keepalive windows ended unanswered
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
+        assert not protocol.handler.connection_lost
+        with trio.fail_after(HANG):
+            assert (await client.network_service.request(request())).labels["served"] == "yes"
+        assert server.connections == 1
+        assert not service.stream_closed.is_set()

@@ -1,0 +1,233 @@
+"""The gRPC carrier's HTTP/2 connection state: keepalive that tells a dead peer from a busy one.
+
+Theory of operation. While streams are open, grpclib PINGs the peer every ``KEEPALIVE_INTERVAL``
+and, ``KEEPALIVE_TIMEOUT`` after a PING, closes the connection unless the ack came. A dead or
+partitioned peer then breaks every stream on the connection within about two seconds. What a
+timer cannot see by itself is our own event loop falling behind, and trio-asyncio makes that
+worse in two ways:
+
+* a due timer runs *ahead* of the callbacks already queued in the loop, so it fires on time
+  even when the loop is seconds behind;
+* after each read from a socket, trio-asyncio waits until the loop has run everything queued
+  before it reads that socket again (``synchronize``), so a backlog of queued callbacks (a
+  thousand streams' worth of work on a CPU shared with other processes) stops *all* reads.
+
+Together: under load the timer fired on time, saw nothing received for a second (the ack and the
+peer's data sat unread in the socket) and closed a live connection ("Connection lost" for every
+stream on it). So the timer here only starts a decision, which is queued behind the backlog, twice
+over (a read woken while the first pass waited gets its turn before the second), and made there:
+
+* something arrived from the peer since the window started: it is alive; wait again;
+* bytes from the peer wait unread in the socket (``FIONREAD``), the decision itself came late
+  (our loop is behind by more than a quarter of the timeout) or the timer fired late (the
+  process was starved of CPU): we are behind and cannot tell, so wait again, but at most
+  :data:`MAX_STARVED_WINDOWS` windows in a row without hearing anything;
+* else the peer is dead or partitioned: close.
+
+On an idle CPU the decision runs at once, so a dead peer is still noticed within about
+``KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT``. :func:`verdict` is that rule as a pure function.
+
+A client also PINGs only a server that welcomes it (see :data:`PINGS_WELCOME`), marks its channel
+disconnected the moment the connection closes (so the next call dials a new connection rather
+than failing on the closed one), and closes a connection whose peer never sent its HTTP/2 preface
+within ``HANDSHAKE_TIMEOUT``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import fcntl
+import sys
+import termios
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from grpclib.exceptions import StreamTerminatedError
+from grpclib.protocol import Connection, Stream
+from h2.connection import H2Connection
+
+from ._grpc_wire import HANDSHAKE_TIMEOUT, KEEPALIVE_TIMEOUT, PINGS_WELCOME
+
+__all__ = ["MAX_STARVED_WINDOWS", "KeepaliveConnection", "Verdict", "unread_bytes", "verdict"]
+
+MAX_STARVED_WINDOWS: Final = 10
+"""Keepalive windows in a row a starved process waits, hearing nothing, before it closes."""
+
+_LAG: Final = KEEPALIVE_TIMEOUT / 4  # how far behind our loop may be and still judge the peer
+
+
+class Verdict(enum.Enum):
+    """What to do when a keepalive window ends without the PING's ack."""
+
+    WAIT = "wait"  # open another window
+    CLOSE = "close"  # the peer is dead or partitioned
+
+
+def verdict(*, heard: bool, unread: bool, lag: float, starved: int) -> Verdict:
+    """The keepalive rule (pure).
+
+    Args:
+        heard: bytes from the peer were processed since the window started.
+        unread: bytes from the peer wait in the socket, not read yet by our loop.
+        lag: seconds our loop was behind: the timer's lateness plus the wait behind the backlog.
+        starved: windows in a row already extended, hearing nothing, because we were behind.
+    """
+    if heard:
+        return Verdict.WAIT
+    if (unread or lag > _LAG) and starved < MAX_STARVED_WINDOWS:
+        return Verdict.WAIT  # we are behind, not (necessarily) the peer
+    return Verdict.CLOSE
+
+
+def unread_bytes(transport: Any) -> int:
+    """Bytes waiting in ``transport``'s socket that our loop has not read yet (0 if unknown)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder, signed=True)
+
+
+def after_backlog(
+    loop: Any, callback: Callable[[float], None], passes: int = 2
+) -> list[asyncio.Handle]:
+    """Call ``callback(seconds waited)`` once ``loop`` has run what it had queued, ``passes`` times.
+
+    Returns a one-item list holding the handle of the step under way (each step replaces it):
+    cancelling that handle cancels the rest of the wait.
+    """
+    queued = loop.time()
+
+    def step(left: int) -> None:
+        if left:
+            holder[0] = loop.call_soon(step, left - 1)
+        else:
+            callback(loop.time() - queued)
+
+    holder = [loop.call_soon(step, passes - 1)]
+    return holder
+
+
+class KeepaliveConnection(Connection):
+    """grpclib's connection state with the keepalive of the module docstring.
+
+    Attributes:
+        last_received: ``time.monotonic()`` when bytes last arrived (set by the protocol).
+    """
+
+    last_received = 0.0
+
+    def __init__(
+        self,
+        h2_conn: H2Connection,
+        transport: Any,
+        *,
+        config: Any,
+        client: bool,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(h2_conn, transport, config=config)
+        self._h2 = h2_conn
+        self._client = client
+        self._on_close = on_close
+        self._since = 0.0  # monotonic start of the current keepalive window
+        self._due = 0.0  # loop time the current window ends
+        self._starved = 0
+        self._pending: list[Any] | None = None  # [handle] of the timer or the decision under way
+
+    # -- grpclib's hooks ---------------------------------------------------------------------
+
+    def initialize(self) -> None:
+        super().initialize()
+        # An HTTP/2 peer speaks first thing (its SETTINGS preface). One that accepted the TCP
+        # connection and says nothing (a frozen process, another service on the port) would
+        # otherwise hold every call on this connection forever.
+        loop = asyncio.get_event_loop()
+        loop.call_later(HANDSHAKE_TIMEOUT, after_backlog, loop, self._check_handshake)
+
+    def create_stream(self, **kwargs: Any) -> Stream:
+        if self.is_closing():  # grpclib would fail with AttributeError on a closed connection
+            raise StreamTerminatedError("Connection lost")
+        return super().create_stream(**kwargs)
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
+        self._cancel_pending()
+        super().close()
+
+    def _is_need_send_ping(self) -> bool:
+        # gRPC servers in general (grpcio, grpc-go) close a connection PINGed more often than
+        # every five minutes while they send nothing (GOAWAY too_many_pings); ours welcome it.
+        if self._client and self._h2.remote_settings.get(PINGS_WELCOME) != 1:
+            return False
+        return bool(super()._is_need_send_ping())
+
+    def _ping(self) -> None:
+        super()._ping()  # may send a PING and arm grpclib's own close timer: replaced by ours
+        handler = self._close_by_ping_handler
+        if handler is not None and self._pending is None:
+            handler.cancel()
+            self._starved = 0
+            self._open_window(self.last_ping_sent or time.monotonic())
+
+    def ping_ack_process(self) -> None:
+        self._cancel_pending()
+        super().ping_ack_process()
+
+    # -- ours ----------------------------------------------------------------------------------
+
+    def _open_window(self, since: float) -> None:
+        loop = asyncio.get_event_loop()
+        self._since = since
+        self._due = loop.time() + KEEPALIVE_TIMEOUT
+        self._hold([loop.call_later(KEEPALIVE_TIMEOUT, self._window_over)])
+
+    def _hold(self, pending: list[Any]) -> None:
+        # grpclib cancels ``_close_by_ping_handler`` when the ack arrives (``ping_ack_process``)
+        # and arms its own timer only while it is None: it always points at our pending step.
+        self._pending = pending
+        self._close_by_ping_handler = _Pending(pending)  # type: ignore[assignment]
+
+    def _cancel_pending(self) -> None:
+        if self._pending is not None:
+            self._pending[0].cancel()
+        self._pending = None
+        self._close_by_ping_handler = None
+
+    def _window_over(self) -> None:
+        loop = asyncio.get_event_loop()
+        late = max(0.0, loop.time() - self._due)
+        self._hold(after_backlog(loop, lambda waited: self._decide(late + waited)))
+
+    def _decide(self, lag: float) -> None:
+        self._pending = None
+        self._close_by_ping_handler = None
+        if self.is_closing():
+            return
+        heard = self.last_received > self._since
+        unread = unread_bytes(self._transport) > 0
+        if verdict(heard=heard, unread=unread, lag=lag, starved=self._starved) is Verdict.CLOSE:
+            self.close()
+            return
+        self._starved = 0 if heard else self._starved + 1
+        self._open_window(time.monotonic())
+
+    def _check_handshake(self, waited: float) -> None:
+        if self.last_received == 0.0 and not self.is_closing():
+            self.close()
+
+
+class _Pending:
+    """What grpclib holds as its close timer: cancelling it cancels our pending step."""
+
+    def __init__(self, pending: list[Any]) -> None:
+        self._pending = pending
+
+    def cancel(self) -> None:
+        self._pending[0].cancel()
