@@ -1,0 +1,172 @@
+"""MonitorConnections, server side: a hop's connections and the streams watching them.
+
+Theory of operation. Every hop (nsmgr, forwarder, endpoint) keeps one :class:`MonitorHub`: the
+connections it holds, keyed by this hop's connection id, and the subscribers of its
+MonitorConnections stream. A subscriber first gets one ``INITIAL_STATE_TRANSFER`` event with
+every connection its selector matches, then ``UPDATE`` after each successful Request (and each
+change, such as ``state=DOWN`` when the next hop is lost) and ``DELETE`` after each Close or expiry,
+in the order the hop applied them. Snapshot and subscription happen in one synchronous step, so a
+subscriber misses nothing and sees nothing twice.
+
+Selectors (:func:`selector_matches`, NSM's ``MatchesMonitorScopeSelector``): an empty selector
+matches every connection; ``network_services`` keeps connections of those services; the selector's
+``path_segments`` must appear contiguously in the connection's path, each selector segment matching
+on the fields it sets (``id``, ``name``).
+
+A subscriber that falls :attr:`MonitorHub.buffer` events behind is dropped with
+ResourceExhausted: a slow monitor never holds a hop up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import attrs
+import trio
+
+from trionsm.api.connection import (
+    Connection,
+    ConnectionEvent,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    PathSegment,
+)
+from trionsm.errors import ResourceExhausted, Unavailable
+
+__all__ = ["DEFAULT_MONITOR_BUFFER", "MonitorHub", "selector_matches"]
+
+DEFAULT_MONITOR_BUFFER = 1024
+
+
+def _segment_matches(wanted: PathSegment, segment: PathSegment) -> bool:
+    if wanted.id and wanted.id != segment.id:
+        return False
+    return not (wanted.name and wanted.name != segment.name)
+
+
+def selector_matches(selector: MonitorScopeSelector | None, connection: Connection) -> bool:
+    """True when ``connection`` is in the scope of ``selector`` (NSM's rules)."""
+    if selector is None:
+        return True
+    if selector.network_services and connection.network_service not in selector.network_services:
+        return False
+    wanted = selector.path_segments
+    if not wanted:
+        return True
+    segments = connection.path.path_segments if connection.path is not None else []
+    for start in range(len(segments) - len(wanted) + 1):
+        if all(_segment_matches(w, segments[start + i]) for i, w in enumerate(wanted)):
+            return True
+    return False
+
+
+@attrs.define(eq=False)
+class _Subscriber:
+    selector: MonitorScopeSelector | None
+    send: trio.MemorySendChannel[ConnectionEvent]
+    receive: trio.MemoryReceiveChannel[ConnectionEvent]
+    overflowed: bool = False
+
+
+class MonitorHub:
+    """The connections of one hop and the MonitorConnections streams watching them.
+
+    Args:
+        hop: this hop's name in errors.
+        buffer: events a subscriber may fall behind before it is dropped.
+    """
+
+    def __init__(self, hop: str, *, buffer: int = DEFAULT_MONITOR_BUFFER) -> None:
+        self.hop = hop
+        self.buffer = buffer
+        self._connections: dict[str, Connection] = {}
+        self._subscribers: set[_Subscriber] = set()
+        self._closed: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def get(self, connection_id: str) -> Connection | None:
+        return self._connections.get(connection_id)
+
+    def connections(self) -> dict[str, Connection]:
+        """A snapshot of every connection, keyed by this hop's connection id."""
+        return dict(self._connections)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def update(self, connection: Connection) -> None:
+        """Store ``connection`` (keyed by its id) and send UPDATE to matching subscribers."""
+        self._connections[connection.id] = connection
+        self._publish(ConnectionEventType.UPDATE, connection)
+
+    def delete(self, connection_id: str) -> Connection | None:
+        """Forget a connection and send DELETE (with its last value); None if unknown."""
+        connection = self._connections.pop(connection_id, None)
+        if connection is not None:
+            self._publish(ConnectionEventType.DELETE, connection)
+        return connection
+
+    def _publish(self, kind: ConnectionEventType, connection: Connection) -> None:
+        event = ConnectionEvent(type=kind, connections={connection.id: connection})
+        for subscriber in list(self._subscribers):
+            if selector_matches(subscriber.selector, connection):
+                try:
+                    subscriber.send.send_nowait(event)
+                except trio.WouldBlock:
+                    subscriber.overflowed = True
+                    self._subscribers.discard(subscriber)
+                    subscriber.send.close()
+                except trio.BrokenResourceError:
+                    self._subscribers.discard(subscriber)
+
+    def close(self, reason: str) -> None:
+        """End every stream with Unavailable(``reason``) (the hop is stopping)."""
+        self._closed = reason
+        for subscriber in list(self._subscribers):
+            subscriber.send.close()
+        self._subscribers.clear()
+
+    @contextmanager
+    def _subscribe(
+        self, selector: MonitorScopeSelector | None
+    ) -> Iterator[tuple[ConnectionEvent, _Subscriber]]:
+        send, receive = trio.open_memory_channel[ConnectionEvent](self.buffer)
+        subscriber = _Subscriber(selector, send, receive)
+        initial = ConnectionEvent(
+            type=ConnectionEventType.INITIAL_STATE_TRANSFER,
+            connections={
+                cid: conn
+                for cid, conn in self._connections.items()
+                if selector_matches(selector, conn)
+            },
+        )
+        self._subscribers.add(subscriber)
+        try:
+            yield initial, subscriber
+        finally:
+            self._subscribers.discard(subscriber)
+            send.close()
+            receive.close()
+
+    async def stream(self, selector: MonitorScopeSelector | None) -> AsyncIterator[ConnectionEvent]:
+        """The MonitorConnections stream: INITIAL_STATE_TRANSFER, then every change in scope."""
+        if self._closed is not None:
+            raise Unavailable(self._closed, hop=self.hop)
+        with self._subscribe(selector) as (initial, subscriber):
+            yield initial
+            while True:
+                try:
+                    event = await subscriber.receive.receive()
+                except trio.EndOfChannel:
+                    if subscriber.overflowed:
+                        raise ResourceExhausted(
+                            f"this MonitorConnections stream fell {self.buffer} events behind "
+                            "and was dropped; monitor again",
+                            hop=self.hop,
+                        ) from None
+                    raise Unavailable(self._closed or "the hop stopped", hop=self.hop) from None
+                yield event

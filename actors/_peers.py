@@ -1,0 +1,166 @@
+"""Clients to the next hops, one per URL, and one multiplexed monitor stream per peer.
+
+Theory of operation. A role (nsmgr, forwarder, client) talks to many connections' next hops but
+dials each peer URL once: :meth:`Peers.client` opens a transport client on first use, in the
+role's nursery, and keeps it until the role stops (grpclib and ZeroMQ reconnect by themselves
+after a peer restarts; a call to a dead peer fails with Unavailable at once).
+
+Monitoring: instead of one MonitorConnections stream per connection (h2 caps streams per
+connection, and NSM users hit it), each peer gets ONE stream, scoped to connections whose path
+holds this role's segment name, and events are dispatched by the peer's connection id to the
+listener that registered it (:meth:`Peers.watch`). When the stream breaks, every listener of that
+peer is told (``lost``); the stream is re-opened with backoff while anyone listens, and the new
+INITIAL_STATE_TRANSFER tells listeners whose connection the peer no longer has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from trionsm.api.connection import (
+    Connection,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    PathSegment,
+)
+from trionsm.errors import TrionsmError
+from trionsm.transport import Client, open_client
+
+__all__ = ["PeerEvent", "Peers"]
+
+RETRY_MIN, RETRY_MAX = 0.1, 2.0
+
+
+@attrs.frozen
+class PeerEvent:
+    """What a listener hears about its connection at a peer.
+
+    Attributes:
+        connection: the peer's latest view (None when the peer lost or deleted it).
+        lost: the monitor stream to the peer broke (the peer died or is unreachable).
+        deleted: the peer closed the connection (or no longer has it).
+    """
+
+    connection: Connection | None
+    lost: bool = False
+    deleted: bool = False
+    reason: str = ""
+
+
+Listener = Callable[[PeerEvent], None]
+
+
+class _PeerMonitor:
+    def __init__(self) -> None:
+        self.listeners: dict[str, Listener] = {}
+        self.wake = trio.Event()
+        self.running = False
+
+
+class Peers:
+    """Clients and monitor streams to the next hops of one role.
+
+    Args:
+        nursery: where the clients and monitor streams live (the role's).
+        name: the role's path segment name (scopes the monitor streams).
+        client_options: passed to every ``open_client`` (``roundtrip_bytes``, ``ssl_context``...).
+    """
+
+    def __init__(self, nursery: trio.Nursery, name: str, **client_options: Any) -> None:
+        self._nursery = nursery
+        self._name = name
+        self._options = client_options
+        self._clients: dict[str, Client] = {}
+        self._opening: dict[str, trio.Event] = {}
+        self._monitors: dict[str, _PeerMonitor] = {}
+
+    async def client(self, url: str) -> Client:
+        """The client for ``url``, opened on first use (InvalidArgument for a bad URL)."""
+        client = self._clients.get(url)
+        if client is not None:
+            return client
+        opening = self._opening.get(url)
+        if opening is not None:
+            await opening.wait()
+            return await self.client(url)
+        self._opening[url] = opening = trio.Event()
+        try:
+            opened: Client = await self._nursery.start(self._hold, url)
+            self._clients[url] = opened
+            return opened
+        finally:
+            del self._opening[url]
+            opening.set()
+
+    async def _hold(self, url: str, *, task_status: trio.TaskStatus[Client]) -> None:
+        try:
+            async with open_client(url, **self._options) as client:
+                task_status.started(client)
+                await trio.sleep_forever()
+        finally:
+            self._clients.pop(url, None)
+
+    # -- monitoring ------------------------------------------------------------------------------
+
+    @contextmanager
+    def watch(self, url: str, connection_id: str, listener: Listener) -> Iterator[None]:
+        """Call ``listener`` with every event about ``connection_id`` at ``url`` in the block."""
+        monitor = self._monitors.get(url)
+        if monitor is None:
+            monitor = self._monitors[url] = _PeerMonitor()
+        monitor.listeners[connection_id] = listener
+        if not monitor.running:
+            monitor.running = True
+            self._nursery.start_soon(self._monitor, url, monitor)
+        try:
+            yield
+        finally:
+            if monitor.listeners.get(connection_id) is listener:
+                del monitor.listeners[connection_id]
+
+    async def _monitor(self, url: str, monitor: _PeerMonitor) -> None:
+        delay = RETRY_MIN
+        selector = MonitorScopeSelector(path_segments=[PathSegment(name=self._name)])
+        try:
+            while monitor.listeners:
+                try:
+                    client = await self.client(url)
+                    async with client.monitor_connection.monitor_connections(selector) as stream:
+                        async for event in stream:
+                            delay = RETRY_MIN
+                            self._dispatch(monitor, event.type, event.connections)
+                    reason = "the peer ended its monitor stream"
+                except TrionsmError as exc:
+                    reason = str(exc)
+                for listener in list(monitor.listeners.values()):
+                    listener(PeerEvent(None, lost=True, reason=reason))
+                await trio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+        finally:
+            monitor.running = False
+            if not monitor.listeners:
+                self._monitors.pop(url, None)
+
+    def _dispatch(
+        self, monitor: _PeerMonitor, kind: ConnectionEventType, connections: dict[str, Connection]
+    ) -> None:
+        if kind is ConnectionEventType.INITIAL_STATE_TRANSFER:
+            for connection_id, listener in list(monitor.listeners.items()):
+                connection = connections.get(connection_id)
+                if connection is None:
+                    listener(
+                        PeerEvent(None, deleted=True, reason="the peer has no such connection")
+                    )
+                else:
+                    listener(PeerEvent(connection))
+            return
+        for connection_id, connection in connections.items():
+            interested = monitor.listeners.get(connection_id)
+            if interested is not None:
+                deleted = kind is ConnectionEventType.DELETE
+                interested(PeerEvent(connection, deleted=deleted, reason="closed by the peer"))

@@ -1,0 +1,147 @@
+"""MonitorHub: NSM's selector rules, initial state then ordered changes, slow subscribers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+import pytest
+import trio
+
+from trionsm.actors._monitor import MonitorHub, selector_matches
+from trionsm.api.connection import (
+    Connection,
+    ConnectionEvent,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    Path,
+    PathSegment,
+    State,
+)
+from trionsm.errors import ResourceExhausted, Unavailable
+
+
+def connection(cid: str, *hops: tuple[str, str], service: str = "icmp") -> Connection:
+    segments = [PathSegment(name=name, id=sid) for name, sid in hops]
+    return Connection(id=cid, network_service=service, path=Path(index=0, path_segments=segments))
+
+
+PATH = (("nsc", "c-1"), ("nsmgr", "m-1"), ("forwarder", "f-1"), ("nse", "e-1"))
+
+
+@pytest.mark.parametrize(
+    ("selector", "expected"),
+    [
+        (None, True),
+        (MonitorScopeSelector(), True),
+        (MonitorScopeSelector(network_services=["icmp"]), True),
+        (MonitorScopeSelector(network_services=["vpn"]), False),
+        (MonitorScopeSelector(path_segments=[PathSegment(id="m-1")]), True),
+        (MonitorScopeSelector(path_segments=[PathSegment(name="forwarder")]), True),
+        (MonitorScopeSelector(path_segments=[PathSegment(name="nsmgr", id="f-1")]), False),
+        (
+            MonitorScopeSelector(
+                path_segments=[PathSegment(name="nsmgr"), PathSegment(name="forwarder")]
+            ),
+            True,
+        ),
+        (
+            MonitorScopeSelector(path_segments=[PathSegment(name="nsc"), PathSegment(name="nse")]),
+            False,  # not contiguous
+        ),
+        (
+            MonitorScopeSelector(
+                path_segments=[PathSegment(id="e-1"), PathSegment(id="after-the-end")]
+            ),
+            False,
+        ),
+        (
+            MonitorScopeSelector(
+                path_segments=[PathSegment(id="c-1")], network_services=["vpn", "icmp"]
+            ),
+            True,
+        ),
+    ],
+)
+def test_selector_rules(selector: MonitorScopeSelector | None, expected: bool) -> None:
+    assert selector_matches(selector, connection("m-1", *PATH)) is expected
+
+
+async def collect(stream: object, count: int) -> list[ConnectionEvent]:
+    events = []
+    async for event in stream:  # type: ignore[attr-defined]
+        events.append(event)
+        if len(events) == count:
+            break
+    return events
+
+
+async def test_initial_state_then_updates_and_deletes_in_order() -> None:
+    hub = MonitorHub("nsmgr")
+    hub.update(connection("a", ("nsc", "a")))
+    hub.update(connection("b", ("nsc", "b"), service="vpn"))
+    stream = hub.stream(MonitorScopeSelector(network_services=["icmp"]))
+    first = await stream.__anext__()
+    assert first.type is ConnectionEventType.INITIAL_STATE_TRANSFER
+    assert list(first.connections) == ["a"]
+    hub.update(connection("c", ("nsc", "c"), service="vpn"))  # out of scope
+    down = connection("a", ("nsc", "a"))
+    down.state = State.DOWN
+    hub.update(down)
+    assert hub.delete("a") is down
+    assert hub.delete("never") is None
+    events = [await stream.__anext__(), await stream.__anext__()]
+    assert [(e.type, list(e.connections)) for e in events] == [
+        (ConnectionEventType.UPDATE, ["a"]),
+        (ConnectionEventType.DELETE, ["a"]),
+    ]
+    assert events[0].connections["a"].state is State.DOWN
+    assert hub.subscriber_count == 1
+    await stream.aclose()
+    assert hub.subscriber_count == 0
+    assert set(hub.connections()) == {"b", "c"}
+
+
+async def test_a_slow_subscriber_is_dropped_and_others_go_on() -> None:
+    hub = MonitorHub("forwarder", buffer=4)
+    async with aclosing(hub.stream(None)) as slow, aclosing(hub.stream(None)) as fast:
+        await check_slow_and_fast(hub, slow, fast)
+
+
+async def check_slow_and_fast(
+    hub: MonitorHub, slow: AsyncGenerator[ConnectionEvent], fast: AsyncGenerator[ConnectionEvent]
+) -> None:
+    await slow.__anext__()
+    await fast.__anext__()
+    for index in range(3):
+        hub.update(connection(f"x{index}", ("nsc", f"x{index}")))
+    assert len(await collect(fast, 3)) == 3
+    for index in range(3, 10):
+        hub.update(connection(f"x{index}", ("nsc", f"x{index}")))
+        assert (await fast.__anext__()).connections
+    for _ in range(4):
+        await slow.__anext__()
+    with pytest.raises(ResourceExhausted, match="fell 4 events behind"):
+        await slow.__anext__()
+    assert hub.subscriber_count == 1
+
+
+async def test_closing_the_hub_ends_streams_with_unavailable() -> None:
+    hub = MonitorHub("nse")
+    async with aclosing(hub.stream(None)) as stream:
+        await check_close(hub, stream)
+
+
+async def check_close(hub: MonitorHub, stream: AsyncGenerator[ConnectionEvent]) -> None:
+    await stream.__anext__()
+    async with trio.open_nursery() as nursery:
+
+        async def close_soon() -> None:
+            hub.close("the endpoint stopped")
+
+        nursery.start_soon(close_soon)
+        with pytest.raises(Unavailable, match="the endpoint stopped"):
+            await stream.__anext__()
+    with pytest.raises(Unavailable):
+        async with aclosing(hub.stream(None)) as again:
+            await again.__anext__()
