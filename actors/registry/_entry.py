@@ -14,12 +14,13 @@ expiry of one name never interleave while different names proceed concurrently.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import trio
+
+from trionsm.actors._locks import KeyedLock
 
 __all__ = ["Entry", "KeyedLock", "run_entry"]
 
@@ -56,32 +57,6 @@ class Entry:
         self.ended = True
         if self.scope is not None:
             self.scope.cancel()
-
-
-class KeyedLock:
-    """One lock per key, made on demand and dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[trio.Lock, int]] = {}
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (None, 0))
-        if lock is None:
-            lock = trio.Lock()
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 async def run_entry(
