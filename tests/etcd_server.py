@@ -16,6 +16,13 @@ is bounded with ``trio.fail_after`` and fails with etcd's last log lines. The pr
 ever signalled by its own PID: :meth:`EtcdServer.kill` sends SIGKILL, leaving the block sends
 SIGTERM and then SIGKILL if etcd has not exited within :data:`STOP_GRACE` seconds. Should the
 test process itself die, the kernel kills etcd too (``PR_SET_PDEATHSIG``).
+
+Why etcd is forked from the Trio thread itself and not with ``trio.lowlevel.open_process``: the
+kernel sends the parent-death signal when the *thread* that forked the child exits, not the
+process. ``open_process`` forks in one of Trio's cached worker threads, and Trio ends a worker
+thread after 10 s idle, so etcd was SIGKILLed about 10 s after it started, in the middle of
+whatever test or benchmark was using it ("the connection to etcd broke: Connection lost"). The
+Trio thread lives as long as the test process, which is what the death signal is meant to follow.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -62,10 +70,73 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL etcd if the test process dies without stopping it."""
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: SIGKILL etcd if the test process dies without stopping it.
+
+    The signal follows the thread that forked the child (see the module docstring); ``parent``
+    closes the race of a parent that died before the ``prctl``.
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Child:
+    """etcd's process, forked from the Trio thread: the parts of ``trio.Process`` used here.
+
+    Attributes:
+        stderr: the read end of etcd's stderr pipe.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes], stderr: trio.lowlevel.FdStream) -> None:
+        self._popen = popen
+        self.stderr = stderr
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once etcd has exited (and is reaped), else None."""
+        return self._popen.poll()
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Signal etcd by its PID (nothing once it has been reaped: the PID may be reused)."""
+        self._popen.send_signal(sig)
+
+    async def wait(self) -> int:
+        """Wait until etcd has exited (a pidfd, no polling); its exit status."""
+        while (code := self._popen.poll()) is None:
+            pidfd = os.pidfd_open(self._popen.pid)  # one per waiter: waits may overlap
+            try:
+                await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                trio.lowlevel.notify_closing(pidfd)
+                os.close(pidfd)
+        return code
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> _Child:
+    """Fork and exec ``command`` from the calling (Trio) thread, its stderr into a pipe."""
+    read_end, write_end = os.pipe()
+    try:
+        # Blocking, in the Trio thread, on purpose: the death signal follows this thread.
+        popen = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=write_end,
+            env=env,
+            preexec_fn=partial(_die_with_parent, os.getpid()),
+        )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    return _Child(popen, trio.lowlevel.FdStream(read_end))
 
 
 class EtcdServer:
@@ -85,7 +156,7 @@ class EtcdServer:
         self.endpoint = f"127.0.0.1:{self.client_port}"
         self.data_dir = directory / "etcd-data"
         self.name = name
-        self._process: trio.Process | None = None
+        self._process: _Child | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
         self._serving = False
 
@@ -126,14 +197,8 @@ class EtcdServer:
         if self.pid is not None:
             raise RuntimeError(f"etcd is already running as PID {self.pid}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        process = await trio.lowlevel.open_process(
-            self._command(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-            preexec_fn=_die_with_parent,
-        )
+        process = _spawn(self._command(), env)
+        await trio.lowlevel.checkpoint()
         self._process = process
         ready = trio.Event()  # set on etcd's "ready" line, or when its log ends (it exited)
         self._nursery.start_soon(self._read_log, process, ready)
@@ -151,8 +216,7 @@ class EtcdServer:
             await self._stop(process)
             raise
 
-    async def _read_log(self, process: trio.Process, ready: trio.Event) -> None:
-        assert process.stderr is not None
+    async def _read_log(self, process: _Child, ready: trio.Event) -> None:
         self._serving = False
         pending = b""
         try:
@@ -191,7 +255,7 @@ class EtcdServer:
         await self.stop()
         await self.start()
 
-    async def _stop(self, process: trio.Process) -> None:
+    async def _stop(self, process: _Child) -> None:
         with trio.CancelScope(shield=True):
             if process.returncode is not None:
                 return
