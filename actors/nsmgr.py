@@ -1,5 +1,215 @@
-"""The nsmgr role: the node's network service manager. Its actors are not built yet."""
+"""The nsmgr: the node's front door. Picks the forwarder; serves the registry for its node.
+
+``serve_nsmgr`` runs an nsmgr as a supervised tree::
+
+    nsmgr <name> (REST_FOR_ONE)
+    ├── registry        embedded memory registry (only when the node has no registry URL)
+    ├── connections     SIMPLE_ONE_FOR_ONE ServerConnection per connection id (TEMPORARY)
+    ├── peers           clients and monitor streams to the forwarders and the registry
+    └── server          NetworkService + MonitorConnection + both registry APIs (+ Health)
+
+Per Request: find this node's forwarders (registered here as service ``forwarder``), keep those
+the network service's match metadata selects (default ``p2p=true``), prefer the one already on
+the path (sticky: it survives nsmgr restarts, and a reselect forgets it), and call them in turn
+until one answers. With no forwarder: Unavailable naming the node. Registrations from this node's
+endpoints and forwarders go upstream under the nsmgr's public URL (NSM's ``localbypass``).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from trionsm.api.connection import Connection
+from trionsm.api.networkservice import NetworkServiceRequest
+from trionsm.api.registry import NetworkServiceEndpoint
+from trionsm.clock import Clock
+from trionsm.errors import TrionsmError, Unavailable
+from trionsm.identity import JwtTokenProvider, TokenProvider
+from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
+from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
+
+from ._connection import NextHop, ServerConnection, ServerHop
+from ._health import Health
+from ._localbypass import LocalBypass, localbypass_handlers
+from ._role import find_endpoints, find_service, serve_connections, serve_peers, token_metadata
+from ._select import all_failed_error, drop_expired, prefer_named, select_forwarders
+from .forwarder import FORWARDER_SERVICE
+from .registry import serve_registry
+
+__all__ = ["Nsmgr", "NsmgrHandle", "serve_nsmgr"]
+
+
+class Nsmgr(ServerHop):
+    """The nsmgr's per-request logic: forwarder selection on top of the shared server hop."""
+
+    def __init__(self, name: str, *, tokens: TokenProvider, clock: Clock | None = None) -> None:
+        super().__init__(name, tokens, clock=clock)
+        self.bypass: LocalBypass | None = None
+        self.registry: Any = None  # the upstream registry client
+
+    async def _forwarders(self, connection: Connection, bound: float) -> list[Any]:
+        bypass = self.bypass
+        if bypass is None or self.registry is None:
+            raise Unavailable("the nsmgr is starting", hop=self.name)
+        found = await find_endpoints(
+            self.registry,
+            NetworkServiceEndpoint(network_service_names=[FORWARDER_SERVICE]),
+            bound=bound,
+        )
+        local = []
+        for forwarder in drop_expired(found, self.clock.timestamp()):
+            real = bypass.local_url(forwarder.name)
+            if real is not None and forwarder.url == bypass.public_url:
+                local.append(dataclasses.replace(forwarder, url=real))
+        if not local:
+            raise Unavailable(
+                f"no forwarder is registered on this node ({self.name})",
+                hop=self.name,
+                service=connection.network_service,
+            )
+        ns = await find_service(self.registry, connection.network_service, bound=bound)
+        return select_forwarders(
+            connection.network_service, connection.labels, ns, local, hop=self.name
+        )
+
+    async def forward(self, actor: ServerConnection, request: NetworkServiceRequest) -> Connection:
+        connection = request.connection
+        assert connection is not None
+        assert connection.path is not None
+        index = connection.path.index
+        segments = connection.path.path_segments
+        sticky = actor.state.get("forwarder")
+        if sticky is None and len(segments) > index + 1:
+            sticky = segments[index + 1].name  # the forwarder this path used before a restart
+        candidates = prefer_named(await self._forwarders(connection, actor.remaining()), sticky)
+        failures: list[tuple[str, BaseException]] = []
+        for forwarder in candidates:
+            try:
+                assert self.peers is not None
+                client = await self.peers.client(forwarder.url)
+                reply = await client.network_service.request(
+                    request, timeout=actor.remaining(), metadata=token_metadata(self)
+                )
+            except TrionsmError as exc:
+                failures.append((forwarder.name, exc))
+                continue
+            actor.state["forwarder"] = forwarder.name
+            assert reply.path is not None
+            next_id = reply.path.path_segments[index + 1].id
+            actor.follow(NextHop(forwarder.url, next_id, forwarder.name))
+            return reply
+        raise all_failed_error(
+            connection.network_service, failures, hop=self.name, kind="forwarder"
+        )
+
+    async def close_downstream(self, actor: ServerConnection) -> None:
+        if actor.next is None or self.peers is None or actor.connection is None:
+            return
+        client = await self.peers.client(actor.next.url)
+        await client.network_service.close(
+            actor.connection, timeout=actor.remaining(), metadata=token_metadata(self)
+        )
+
+    def forget(self, actor: ServerConnection) -> None:
+        actor.state.pop("forwarder", None)
+
+
+@attrs.frozen(eq=False)
+class NsmgrHandle:
+    """A running nsmgr: ``url`` (bound), ``public_url``, ``nsmgr`` (logic), ``supervisor``."""
+
+    name: str
+    url: str
+    public_url: str
+    nsmgr: Nsmgr
+    supervisor: Supervisor
+
+
+async def serve_nsmgr(
+    name: str,
+    url: str,
+    *,
+    registry: str | None = None,
+    public_url: str | None = None,
+    tokens: TokenProvider | None = None,
+    clock: Clock | None = None,
+    client_options: Mapping[str, Any] | None = None,
+    registry_options: Mapping[str, Any] | None = None,
+    task_status: trio.TaskStatus[NsmgrHandle] = trio.TASK_STATUS_IGNORED,
+    **transport_options: Any,
+) -> None:
+    """Run the nsmgr ``name`` on ``url`` until cancelled (see the module docstring).
+
+    Args:
+        name: its name (path segment).
+        url: where it serves NetworkService, MonitorConnection and the registry APIs.
+        registry: the registry URL; None embeds an in-memory registry for this node alone.
+        public_url: the URL other nodes dial (registered for local endpoints; default: ``url``
+            as bound).
+        client_options: for clients to forwarders and the registry (``roundtrip_bytes``...).
+        registry_options: for the embedded registry (``expiry``...).
+        transport_options: for ``transport.serve``.
+    """
+    nsmgr = Nsmgr(
+        name,
+        tokens=tokens or JwtTokenProvider(f"spiffe://trionsm.local/nsmgr/{name}", clock=clock),
+        clock=clock,
+    )
+    options = dict(client_options or {})
+    bound: dict[str, str] = {}
+    upstream = {"url": registry}
+
+    async def run_registry(*, task_status: trio.TaskStatus[Any]) -> None:
+        embedded = f"inproc://{name}-registry-{id(nsmgr):x}"
+        upstream["url"] = embedded
+        await serve_registry(
+            embedded,
+            hop=f"{name}/registry",
+            task_status=task_status,
+            **dict(registry_options or {}),
+        )
+
+    async def run_server(*, task_status: trio.TaskStatus[Any]) -> None:
+        assert nsmgr.peers is not None
+        assert upstream["url"] is not None
+        nsmgr.registry = await nsmgr.peers.client(upstream["url"])
+        async with trio.open_nursery() as nursery:
+            handlers: dict[Any, Any] = {
+                NETWORK_SERVICE: nsmgr,
+                MONITOR_CONNECTION: nsmgr,
+                HEALTH: Health(),
+            }
+            # The bypass needs the public URL, known once bound: start with the given one.
+            bypass = LocalBypass(public_url or url, nsmgr.registry, hop=name)
+            handlers.update(localbypass_handlers(bypass, nsmgr.registry))
+            server = await nursery.start(
+                partial(serve, url, handlers, hop=name, **transport_options)
+            )
+            bound["url"] = server.url
+            if public_url is None:
+                bypass.public_url = server.url
+            nsmgr.bypass = bypass
+            task_status.started(server)
+
+    children = []
+    if registry is None:
+        children.append(ChildSpec("registry", run_registry, type=ChildType.SUPERVISOR))
+    children += [
+        ChildSpec("connections", partial(serve_connections, nsmgr), type=ChildType.SUPERVISOR),
+        ChildSpec("peers", partial(serve_peers, nsmgr, options)),
+        ChildSpec("server", run_server),
+    ]
+    async with open_supervisor(
+        children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=30.0, name=name
+    ) as supervisor:
+        assert nsmgr.bypass is not None
+        task_status.started(
+            NsmgrHandle(name, bound["url"], nsmgr.bypass.public_url, nsmgr, supervisor)
+        )
+        await trio.sleep_forever()

@@ -18,9 +18,8 @@ from typing import Any
 import attrs
 import trio
 
+from trionsm.actors._health import Health
 from trionsm.api.google.protobuf import Empty
-from trionsm.api.grpc.health.v1 import HealthCheckRequest, HealthCheckResponse
-from trionsm.api.grpc.health.v1 import HealthCheckResponseServingStatus as ServingStatus
 from trionsm.api.registry import (
     NetworkService,
     NetworkServiceEndpoint,
@@ -86,33 +85,12 @@ class _ServiceRegistry:
         return Empty()
 
 
-class _Health:
-    _SERVED = frozenset({"", NS_REGISTRY.name, NSE_REGISTRY.name})
-
-    def _status(self, request: HealthCheckRequest) -> HealthCheckResponse:
-        status = (
-            ServingStatus.SERVING
-            if request.service in self._SERVED
-            else (ServingStatus.SERVICE_UNKNOWN)
-        )
-        return HealthCheckResponse(status=status)
-
-    async def check(self, request: HealthCheckRequest, ctx: CallContext) -> HealthCheckResponse:
-        return self._status(request)
-
-    async def watch(
-        self, request: HealthCheckRequest, ctx: CallContext
-    ) -> AsyncIterator[HealthCheckResponse]:
-        yield self._status(request)
-        await trio.sleep_forever()
-
-
 def registry_handlers(registry: Registry) -> Handlers:
     """The handlers that serve ``registry`` on a transport (both registry APIs and Health)."""
     return {
         NS_REGISTRY: _ServiceRegistry(registry),
         NSE_REGISTRY: _EndpointRegistry(registry),
-        HEALTH: _Health(),
+        HEALTH: Health([NS_REGISTRY.name, NSE_REGISTRY.name]),
     }
 
 

@@ -1,0 +1,355 @@
+"""Server-side connection actors: one per connection id, at the nsmgr, forwarder and endpoint.
+
+Theory of operation. A hop (:class:`ServerHop`) serves NetworkService and MonitorConnection. Each
+Request first runs NSM's ``updatepath`` and ``updatetoken`` (pure, in ``_path``), which gives this
+hop's connection id; the request then goes to that id's :class:`ServerConnection` actor, started
+on first use under the hop's connection supervisor (SIMPLE_ONE_FOR_ONE, TEMPORARY children). The
+actor's mailbox serialises everything that happens to one connection (NSM's ``begin``): Requests,
+Closes, its expiry and what the next hop's monitor stream reports. It holds the last request and
+the connection returned for it:
+
+* **Request**: a ``RESELECT_REQUESTED`` request first closes the old downstream connection; then
+  the role's :meth:`ServerHop.forward` does the hop's work (select the next hop and call it, or,
+  at the endpoint, assign addresses); the reply goes back with this hop's id and index, ``UP``,
+  and to this hop's monitor subscribers. A first Request that fails leaves nothing behind.
+* **Expiry**: the actor's expiry scope has the deadline ``previous segment expiry - request
+  timeout``; each Request moves it; when it passes, the connection is closed downstream, as if
+  the previous hop had sent Close (NSM's ``timeout``), so a client that vanished leaves nothing.
+* **Next hop lost**: the role watches the next hop's monitor (one stream per peer); a broken
+  stream or a downstream DOWN/DELETE turns this connection ``DOWN`` for its own subscribers, so
+  the NSC heals; a later ``UP`` downstream restores ``UP``.
+* **Close** (or expiry): best-effort Close downstream, release what the hop holds, DELETE to the
+  subscribers, and the actor stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import attrs
+import trio
+
+from trionsm.api.connection import Connection, MonitorScopeSelector, State
+from trionsm.api.google.protobuf import Empty
+from trionsm.api.networkservice import NetworkServiceRequest
+from trionsm.clock import Clock, current_clock
+from trionsm.errors import InvalidArgument, TrionsmError
+from trionsm.identity import TokenProvider
+from trionsm.supervision import (
+    Actor,
+    ActorRef,
+    ActorStopped,
+    Restart,
+    Supervisor,
+    actor_spec,
+)
+from trionsm.transport import CallContext
+
+from ._locks import KeyedLock
+from ._monitor import MonitorHub
+from ._path import restore_hop, server_deadline, update_path, update_token
+from ._peers import PeerEvent, Peers
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "NextHop",
+    "ServerConnection",
+    "ServerHop",
+]
+
+DEFAULT_REQUEST_TIMEOUT = 15.0
+"""Seconds a Request may take when the caller set no deadline (NSM's NSM_REQUEST_TIMEOUT)."""
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a Close downstream may take (best effort: the downstream hop also expires)."""
+
+
+@attrs.frozen
+class NextHop:
+    """Where a connection goes from this hop: the peer URL and the peer's connection id."""
+
+    url: str
+    connection_id: str
+    name: str = ""
+
+
+@attrs.frozen
+class _Request:
+    request: NetworkServiceRequest
+    timeout: float
+
+
+@attrs.frozen
+class _Close:
+    pass
+
+
+@attrs.frozen
+class _Expire:
+    pass
+
+
+@attrs.frozen
+class _Downstream:
+    event: PeerEvent
+    next: NextHop
+
+
+class ServerConnection(Actor):
+    """One connection at one server hop (see the module docstring)."""
+
+    mailbox_size: ClassVar[int] = 16
+    expected_errors: ClassVar[tuple[type[Exception], ...]] = (TrionsmError,)
+
+    def __init__(self, hop: ServerHop, connection_id: str) -> None:
+        self.hop = hop
+        self.id = connection_id
+        self.index = 0
+        self.request: NetworkServiceRequest | None = None
+        self.connection: Connection | None = None
+        self.next: NextHop | None = None
+        self.state: dict[str, Any] = {}  # the role's own per-connection state
+        self.deadline = math.inf
+        self.call_deadline = math.inf  # the current Request's deadline (for calls downstream)
+        self._expiry: trio.CancelScope | None = None
+        self._watch: trio.CancelScope | None = None
+
+    async def init(self) -> None:
+        self.nursery.start_soon(self._expire_at_deadline)
+
+    async def _expire_at_deadline(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self.deadline) as scope:
+                self._expiry = scope
+                await trio.sleep_forever()
+            if trio.current_time() >= self.deadline:
+                self.ref.cast(_Expire())
+                return
+
+    def _move_deadline(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self._expiry is not None:
+            self._expiry.deadline = deadline
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, _Request):
+            return await self._request(message)
+        if isinstance(message, _Close | _Expire):
+            await self._close(expired=isinstance(message, _Expire))
+            return Empty()
+        if isinstance(message, _Downstream):
+            self._downstream(message)
+            return None
+        raise TypeError(f"unexpected message {message!r}")
+
+    async def _request(self, message: _Request) -> Connection:
+        request = message.request
+        incoming = request.connection
+        assert incoming is not None
+        assert incoming.path is not None
+        self.index = incoming.path.index
+        self.call_deadline = trio.current_time() + message.timeout
+        if incoming.state is State.RESELECT_REQUESTED and self.connection is not None:
+            await self._close_downstream()
+            self.hop.forget(self)
+        try:
+            reply = await self.hop.forward(self, request)
+        except TrionsmError:
+            if self.connection is None:
+                self.stop()  # a failed first Request leaves nothing behind
+            raise
+        reply = restore_hop(reply, self.index, self.id)
+        reply = dataclasses.replace(reply, state=State.UP)
+        self.request = request
+        self.connection = reply
+        clock = self.hop.clock
+        self._move_deadline(server_deadline(reply.path, self.index, message.timeout, clock=clock))
+        self.hop.hub.update(reply)
+        return reply
+
+    def remaining(self) -> float:
+        """Seconds left for calls downstream within the current Request (at least a little)."""
+        return max(self.call_deadline - trio.current_time(), 0.01)
+
+    def follow(self, next_hop: NextHop | None) -> None:
+        """Watch ``next_hop``'s monitor for this connection (replacing any earlier watch)."""
+        if next_hop == self.next and self._watch is not None:
+            return
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        self.next = next_hop
+        if next_hop is not None and self.hop.peers is not None:
+            scope = trio.CancelScope()
+            self._watch = scope
+            self.nursery.start_soon(self._watch_next, next_hop, scope)
+
+    async def _watch_next(self, next_hop: NextHop, scope: trio.CancelScope) -> None:
+        assert self.hop.peers is not None
+        with scope:
+
+            def listener(event: PeerEvent) -> None:
+                self.ref.cast(_Downstream(event, next_hop))
+
+            with self.hop.peers.watch(next_hop.url, next_hop.connection_id, listener):
+                await trio.sleep_forever()
+
+    def _downstream(self, message: _Downstream) -> None:
+        if self.connection is None or message.next != self.next:
+            return  # an event about a next hop we left
+        event = message.event
+        down = (
+            event.lost
+            or event.deleted
+            or (event.connection is not None and event.connection.state is State.DOWN)
+        )
+        state = State.DOWN if down else State.UP
+        if self.connection.state is not state:
+            self.connection = dataclasses.replace(self.connection, state=state)
+            self.hop.hub.update(self.connection)
+
+    async def _close_downstream(self) -> None:
+        # Best effort: the next hop expires the connection anyway.
+        with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(TrionsmError):
+            await self.hop.close_downstream(self)
+        self.follow(None)
+
+    async def _close(self, *, expired: bool) -> None:
+        if self.connection is not None:
+            await self._close_downstream()
+        self.hop.release(self)
+        self.hop.hub.delete(self.id)
+        self.connection = None
+        self.stop()
+
+    async def terminate(self, reason: BaseException | None) -> None:
+        self.hop.forget_actor(self.id, self.ref)
+        if self.connection is not None:  # stopped by its supervisor, not closed
+            self.hop.release(self)
+            self.hop.hub.delete(self.id)
+
+
+class ServerHop:
+    """What every server role shares: path and token updates, connection actors, the monitor.
+
+    Subclasses define :meth:`forward` (and, when they hold a next hop or resources,
+    :meth:`close_downstream`, :meth:`release`, :meth:`forget`).
+
+    Args:
+        name: this hop's path segment name (``nsmgr-node-1``, ``forwarder-node-1``, ``nse-1``).
+        tokens: mints this hop's tokens.
+        clock: the one clock (default: the run's).
+    """
+
+    def __init__(self, name: str, tokens: TokenProvider, *, clock: Clock | None = None) -> None:
+        self.name = name
+        self.tokens = tokens
+        self.hub = MonitorHub(name)
+        self.peers: Peers | None = None  # set by roles that have next hops
+        self._clock = clock
+        self._actors: dict[str, ActorRef] = {}
+        self._locks = KeyedLock()
+        self._supervisor: Supervisor | None = None
+
+    @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            self._clock = current_clock()
+        return self._clock
+
+    def connection_spec(self) -> Any:
+        """The SIMPLE_ONE_FOR_ONE template of this hop's connection actors."""
+        return actor_spec("connection", ServerConnection, self, restart=Restart.TEMPORARY)
+
+    def attach(self, supervisor: Supervisor | None) -> None:
+        self._supervisor = supervisor
+
+    def forget_actor(self, connection_id: str, ref: ActorRef) -> None:
+        if self._actors.get(connection_id) is ref:
+            del self._actors[connection_id]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._actors)
+
+    # -- the role's part -------------------------------------------------------------------------
+
+    async def forward(self, actor: ServerConnection, request: NetworkServiceRequest) -> Connection:
+        """Do this hop's work for ``request`` (its connection is this hop's view)."""
+        raise NotImplementedError
+
+    async def close_downstream(self, actor: ServerConnection) -> None:
+        """Close the connection at the next hop, if any."""
+
+    def release(self, actor: ServerConnection) -> None:
+        """Give back what this hop holds for the connection (addresses, interfaces...)."""
+
+    def forget(self, actor: ServerConnection) -> None:
+        """A reselect: drop sticky choices (the forwarder, the endpoint) for this connection."""
+
+    # -- NetworkService --------------------------------------------------------------------------
+
+    def _incoming(self, connection: Connection | None, what: str) -> Connection:
+        if connection is None:
+            raise InvalidArgument(f"{what}: no connection", hop=self.name)
+        return update_path(connection, self.name)
+
+    async def request(self, request: NetworkServiceRequest, ctx: CallContext) -> Connection:
+        connection = self._incoming(request.connection, "request.connection")
+        assert connection.path is not None
+        connection = update_token(
+            connection,
+            connection.path.index,
+            caller_token=ctx.client_token,
+            caller_expires=ctx.client_token_expires,
+            provider=self.tokens,
+        )
+        request = dataclasses.replace(request, connection=connection)
+        remaining = ctx.remaining()
+        timeout = DEFAULT_REQUEST_TIMEOUT if math.isinf(remaining) else max(remaining, 0.0)
+        ref = await self._actor(connection.id)
+        try:
+            reply: Connection = await ref.call(_Request(request, timeout), timeout=timeout)
+        except ActorStopped as exc:  # it closed meanwhile: the caller retries as a new request
+            raise InvalidArgument(
+                f"connection {connection.id} was closed while this request waited",
+                hop=self.name,
+                service=connection.network_service,
+            ) from exc
+        return reply
+
+    async def _actor(self, connection_id: str) -> ActorRef:
+        async with self._locks.hold(connection_id):
+            ref = self._actors.get(connection_id)
+            if ref is not None and ref.alive:
+                return ref
+            if self._supervisor is None:
+                from trionsm.errors import Unavailable
+
+                raise Unavailable("this hop is stopping", hop=self.name)
+            handle = await self._supervisor.start_child(connection_id)
+            ref = handle.value
+            assert isinstance(ref, ActorRef)
+            self._actors[connection_id] = ref
+            return ref
+
+    async def close(self, connection: Connection, ctx: CallContext) -> Empty:
+        ours = self._incoming(connection, "connection")
+        ref = self._actors.get(ours.id)
+        if ref is None:
+            return Empty()  # closing an unknown connection is harmless
+        with contextlib.suppress(ActorStopped):
+            await ref.call(_Close(), timeout=CLOSE_TIMEOUT * 2)
+        return Empty()
+
+    # -- MonitorConnection -----------------------------------------------------------------------
+
+    def monitor_connections(
+        self, selector: MonitorScopeSelector, ctx: CallContext
+    ) -> AsyncIterator[Any]:
+        return self.hub.stream(selector)

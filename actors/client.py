@@ -1,0 +1,384 @@
+"""The client (NSC): ``open_connection`` asks for a network service and keeps the wire alive.
+
+Theory of operation. ``open_connection("noop://icmp-responder/nsm-1?app=foo", nsmgr=url)``
+requests the service through the node's nsmgr and yields a :class:`ClientConnection` once the
+first Request succeeded (it is retried until ``request_timeout``). The connection's own task then
+runs a nursery with two children, the refresh timer and the monitor watcher:
+
+* **refresh**: re-requests at NSM's schedule (20 % of the shortest remaining token lifetime on a
+  4-hop path); a failed refresh is retried every 200 ms until the connection's own tokens run out,
+  then the connection heals;
+* **monitor**: one MonitorConnections stream to the nsmgr scoped to this connection's segment; a
+  ``DOWN`` or ``DELETE`` for the connection, or a broken stream, means the path is broken.
+
+When either child reports a broken path, the nursery is cancelled and the connection heals
+(NSM's heal, §2.5): with no data-plane liveness check to tell otherwise, it **reselects**: a
+best-effort Close of the old path, then Requests with ``RESELECT_REQUESTED``, the endpoint and
+mechanism cleared (or as a custom ``reselect`` function says), keeping its path segment ids,
+until one succeeds. Every step is an event on :meth:`ClientConnection.events`. Leaving the block
+closes the connection through the whole path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import itertools
+import math
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import attrs
+import trio
+
+from trionsm.api.connection import (
+    Connection,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    PathSegment,
+    State,
+)
+from trionsm.api.networkservice import NetworkServiceRequest
+from trionsm.clock import Clock, current_clock
+from trionsm.errors import DeadlineExceeded, TrionsmError
+from trionsm.identity import JwtTokenProvider, TokenProvider, client_metadata
+from trionsm.transport import Client, open_client
+
+from ._nsurl import parse_nsurl
+from ._path import refresh_after, restore_hop, update_path, update_token
+
+__all__ = [
+    "DEFAULT_NSMGR_URL",
+    "ClientConnection",
+    "ConnectionEvent",
+    "EventKind",
+    "open_connection",
+    "reselect_default",
+]
+
+DEFAULT_NSMGR_URL: Final = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+DEFAULT_REQUEST_TIMEOUT: Final = 15.0
+RETRY_INTERVAL: Final = 0.2
+_ids = itertools.count(1)
+
+
+class EventKind(enum.Enum):
+    """What happened to a client connection."""
+
+    CONNECTED = "connected"
+    REFRESHED = "refreshed"
+    DOWN = "down"
+    HEALED = "healed"
+    CLOSED = "closed"
+
+
+@attrs.frozen
+class ConnectionEvent:
+    """One event of a client connection.
+
+    Attributes:
+        kind: what happened.
+        connection: the connection after it (None once closed).
+        reason: why (DOWN: what broke; HEALED: how it healed).
+        at: ``trio.current_time()`` when it happened.
+    """
+
+    kind: EventKind
+    connection: Connection | None
+    reason: str = ""
+    at: float = 0.0
+
+
+def reselect_default(connection: Connection) -> Connection:
+    """NSM's default reselect: forget the endpoint and mechanism, mark RESELECT_REQUESTED."""
+    return dataclasses.replace(
+        connection,
+        network_service_endpoint_name="",
+        mechanism=None,
+        state=State.RESELECT_REQUESTED,
+    )
+
+
+class _PathBroken(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _segment_owner(connections: Iterable[Connection], me: str) -> Connection | None:
+    """The connection whose first path segment is this client's (monitor events are keyed by
+    the nsmgr's ids)."""
+    for connection in connections:
+        segments = connection.path.path_segments if connection.path is not None else []
+        if segments and segments[0].id == me:
+            return connection
+    return None
+
+
+class ClientConnection:
+    """A connection held by this client (what ``open_connection`` yields).
+
+    Attributes:
+        connection: the latest connection (its path, addresses, endpoint...).
+        requests: successful Requests so far (first, refreshes and heals).
+        heals: completed heals.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        request: NetworkServiceRequest,
+        *,
+        name: str,
+        tokens: TokenProvider,
+        clock: Clock,
+        request_timeout: float,
+        reselect: Callable[[Connection], Connection],
+    ) -> None:
+        self._client = client
+        self._request = request
+        self._name = name
+        self._tokens = tokens
+        self._clock = clock
+        self._timeout = request_timeout
+        self._reselect = reselect
+        self.connection: Connection | None = None
+        self.requests = 0
+        self.heals = 0
+        self._history: list[ConnectionEvent] = []
+        self._changed = trio.Event()
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def _emit(self, kind: EventKind, reason: str = "") -> None:
+        self._history.append(ConnectionEvent(kind, self.connection, reason, trio.current_time()))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    @property
+    def history(self) -> list[ConnectionEvent]:
+        """Every event so far, oldest first."""
+        return list(self._history)
+
+    async def events(self) -> AsyncIterator[ConnectionEvent]:
+        """Every event from the first on, then each new one as it happens (never ends)."""
+        seen = 0
+        while True:
+            while seen < len(self._history):
+                seen += 1
+                yield self._history[seen - 1]
+            await self._changed.wait()
+
+    async def wait_for(self, kind: EventKind, count: int = 1) -> ConnectionEvent:
+        """The ``count``-th event of ``kind`` since the start (waiting for it if needed)."""
+        seen = 0
+        while True:
+            for event in self._history[seen:]:
+                seen += 1
+                if event.kind is kind:
+                    count -= 1
+                    if count == 0:
+                        return event
+            await self._changed.wait()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def _request_once(self, connection: Connection) -> Connection:
+        outgoing = update_path(connection, self._name)
+        assert outgoing.path is not None
+        outgoing = update_token(
+            outgoing, 0, caller_token=None, caller_expires=None, provider=self._tokens
+        )
+        request = dataclasses.replace(self._request, connection=outgoing)
+        metadata = client_metadata(self._tokens.issue())
+        reply = await self._client.network_service.request(
+            request, timeout=self._timeout, metadata=metadata
+        )
+        self.requests += 1
+        return restore_hop(reply, 0)
+
+    async def _request_until(self, connection: Connection, deadline: float) -> Connection:
+        """Request until one succeeds or ``deadline`` passes (then the last error)."""
+        last: TrionsmError | None = None
+        while True:
+            try:
+                with trio.fail_at(deadline) if math.isfinite(deadline) else trio.CancelScope():
+                    return await self._request_once(connection)
+            except trio.TooSlowError:
+                raise DeadlineExceeded(
+                    f"no successful Request for {connection.network_service!r} before the "
+                    f"deadline; last error: {last}",
+                    hop=self._name,
+                    service=connection.network_service,
+                ) from last
+            except TrionsmError as exc:
+                last = exc
+            if trio.current_time() + RETRY_INTERVAL >= deadline:
+                assert last is not None
+                raise last
+            await trio.sleep(RETRY_INTERVAL)
+
+    async def start(self) -> None:
+        assert self._request.connection is not None
+        deadline = trio.current_time() + self._timeout
+        self.connection = await self._request_until(self._request.connection, deadline)
+        self._emit(EventKind.CONNECTED)
+
+    async def run(self) -> None:
+        """Refresh, monitor and heal until cancelled."""
+        healed_at = -math.inf
+        while True:
+            if trio.current_time() - healed_at < RETRY_INTERVAL:
+                await trio.sleep(RETRY_INTERVAL)  # a path that breaks at once: don't spin
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._refresh_loop)
+                    nursery.start_soon(self._monitor_loop)
+            except* _PathBroken as group:
+                reason = str(group.exceptions[0])
+                self._emit(EventKind.DOWN, reason)
+                await self._heal(reason)
+                healed_at = trio.current_time()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            assert self.connection is not None
+            delay = refresh_after(self.connection.path, 0, clock=self._clock)
+            await trio.sleep(delay)
+            expiry = self._own_expiry()
+            while True:
+                try:
+                    self.connection = await self._request_once(self.connection)
+                    self._emit(EventKind.REFRESHED)
+                    break
+                except TrionsmError as exc:
+                    if trio.current_time() + RETRY_INTERVAL >= expiry:
+                        raise _PathBroken(
+                            f"refresh failed until the tokens expired: {exc}"
+                        ) from exc
+                    await trio.sleep(RETRY_INTERVAL)
+
+    def _own_expiry(self) -> float:
+        assert self.connection is not None
+        path = self.connection.path
+        if path is None or not path.path_segments or path.path_segments[0].expires is None:
+            return math.inf
+        return self._clock.deadline(path.path_segments[0].expires)
+
+    async def _monitor_loop(self) -> None:
+        assert self.connection is not None
+        me = self.connection.id
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=me, name=self._name)])
+        try:
+            async with self._client.monitor_connection.monitor_connections(selector) as stream:
+                async for event in stream:
+                    mine = _segment_owner(event.connections.values(), me)
+                    if event.type is ConnectionEventType.INITIAL_STATE_TRANSFER and mine is None:
+                        raise _PathBroken("the nsmgr no longer has this connection")
+                    if mine is None:
+                        continue
+                    if event.type is ConnectionEventType.DELETE:
+                        raise _PathBroken("the nsmgr closed this connection")
+                    if mine.state is State.DOWN:
+                        raise _PathBroken("the path reported DOWN")
+        except TrionsmError as exc:
+            raise _PathBroken(f"the monitor stream to the nsmgr broke: {exc}") from exc
+        raise _PathBroken("the nsmgr ended the monitor stream")
+
+    async def _heal(self, reason: str) -> None:
+        assert self.connection is not None
+        # Best effort: the old path may be gone.
+        with trio.move_on_after(self._timeout), contextlib.suppress(TrionsmError):
+            await self._client.network_service.close(
+                self.connection,
+                timeout=self._timeout,
+                metadata=client_metadata(self._tokens.issue()),
+            )
+        reselected = self._reselect(self.connection)
+        while True:
+            try:
+                self.connection = await self._request_once(reselected)
+                break
+            except TrionsmError:
+                await trio.sleep(RETRY_INTERVAL)
+        self.heals += 1
+        self._emit(EventKind.HEALED, f"reselected after: {reason}")
+
+    async def close(self) -> None:
+        """Close the connection through the whole path (best effort, bounded)."""
+        if self.connection is None:
+            return
+        with trio.move_on_after(self._timeout), contextlib.suppress(TrionsmError):
+            await self._client.network_service.close(
+                self.connection,
+                timeout=self._timeout,
+                metadata=client_metadata(self._tokens.issue()),
+            )
+        self.connection = None
+        self._emit(EventKind.CLOSED)
+
+
+@asynccontextmanager
+async def open_connection(
+    url: str,
+    *,
+    nsmgr: str | None = None,
+    labels: Mapping[str, str] | None = None,
+    name: str | None = None,
+    connection_id: str | None = None,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    reselect: Callable[[Connection], Connection] = reselect_default,
+    tokens: TokenProvider | None = None,
+    clock: Clock | None = None,
+    **client_options: Any,
+) -> AsyncIterator[ClientConnection]:
+    """Connect to a network service and keep the connection alive inside the block.
+
+    Args:
+        url: NSM's form ``<mechanism>://<service>[/<interface>][?label=value&...]``.
+        nsmgr: the nsmgr's URL (default: ``NSM_NSMGR_URL``, then NSM's unix socket path).
+        labels: extra request labels (merged over the URL's).
+        name: this client's path segment name (default ``nsc-<pid>``).
+        connection_id: the first segment's id (default ``<name>-<n>``, as cmd-nsc does).
+        request_timeout: how long the first Request is retried, and each Request's bound.
+        reselect: how a heal changes the connection before requesting again.
+        client_options: for ``open_client`` (``roundtrip_bytes``, ``ssl_context``...).
+
+    Raises:
+        InvalidArgument: a bad URL; the first Request's last error when it never succeeded.
+    """
+    target = parse_nsurl(url)
+    nsmgr_url = nsmgr or os.environ.get("NSM_NSMGR_URL") or DEFAULT_NSMGR_URL
+    client_name = name or f"nsc-{os.getpid()}"
+    clock = clock or current_clock()
+    tokens = tokens or JwtTokenProvider(f"spiffe://trionsm.local/nsc/{client_name}", clock=clock)
+    first = Connection(
+        id=connection_id or f"{client_name}-{next(_ids)}",
+        network_service=target.network_service,
+        labels={**target.labels, **dict(labels or {})},
+    )
+    request = NetworkServiceRequest(connection=first, mechanism_preferences=[target.to_mechanism()])
+    async with open_client(nsmgr_url, **client_options) as client:
+        held = ClientConnection(
+            client,
+            request,
+            name=client_name,
+            tokens=tokens,
+            clock=clock,
+            request_timeout=request_timeout,
+            reselect=reselect,
+        )
+        await held.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(held.run)
+                try:
+                    yield held
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await held.close()

