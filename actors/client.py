@@ -28,7 +28,7 @@ import itertools
 import math
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
 import attrs
@@ -333,6 +333,7 @@ async def open_connection(
     reselect: Callable[[Connection], Connection] = reselect_default,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
+    client: Client | None = None,
     **client_options: Any,
 ) -> AsyncIterator[ClientConnection]:
     """Connect to a network service and keep the connection alive inside the block.
@@ -345,6 +346,8 @@ async def open_connection(
         connection_id: the first segment's id (default ``<name>-<n>``, as cmd-nsc does).
         request_timeout: how long the first Request is retried, and each Request's bound.
         reselect: how a heal changes the connection before requesting again.
+        client: an open client to the nsmgr to share (many connections, one channel);
+            default: a client of this connection's own.
         client_options: for ``open_client`` (``roundtrip_bytes``, ``ssl_context``...).
 
     Raises:
@@ -361,7 +364,9 @@ async def open_connection(
         labels={**target.labels, **dict(labels or {})},
     )
     request = NetworkServiceRequest(connection=first, mechanism_preferences=[target.to_mechanism()])
-    async with open_client(nsmgr_url, **client_options) as client:
+    async with AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(open_client(nsmgr_url, **client_options))
         held = ClientConnection(
             client,
             request,
