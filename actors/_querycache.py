@@ -1,0 +1,185 @@
+"""A registry query cache kept current by Find(watch=true) streams (NSM's ``querycache``).
+
+Theory of operation. Discovery asks the registry the same few questions on every Request (this
+service, its endpoints, this node's forwarders). :class:`QueryCache` answers them from memory: the
+first time a query is asked it is answered by a plain Find (so the answer is complete), and a
+background Find(watch=true) for the same query then keeps the cached entries current (updates
+and deletions). A query unused for :data:`IDLE` seconds is dropped with its watch. When a watch
+breaks, its query is dropped, so the next use asks the registry again. Answers are lists of the
+registry's messages, shared read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Generic, TypeVar
+
+import trio
+
+from trionsm.api.registry import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceQuery,
+)
+from trionsm.errors import TrionsmError
+from trionsm.transport import Client
+
+__all__ = ["IDLE", "QueryCache"]
+
+IDLE: Final = 60.0
+"""Seconds a cached query lives without being used (NSM's querycache: 1 minute)."""
+
+M = TypeVar("M")
+
+
+class _Query(Generic[M]):
+    def __init__(self) -> None:
+        self.entries: dict[str, M] = {}
+        self.used = trio.current_time()
+        self.scope = trio.CancelScope()
+
+
+class QueryCache:
+    """Cached, watch-fed answers to registry Finds (see the module docstring).
+
+    Args:
+        nursery: where the watches run (the role's).
+        client: the registry (or nsmgr registry front) client.
+        bound: seconds a first, uncached Find may take.
+    """
+
+    def __init__(self, nursery: trio.Nursery, client: Client, *, bound: float = 5.0) -> None:
+        self._nursery = nursery
+        self._client = client
+        self._bound = bound
+        self._endpoints: dict[bytes, _Query[NetworkServiceEndpoint]] = {}
+        self._services: dict[str, _Query[NetworkService]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    async def endpoints(self, query: NetworkServiceEndpoint) -> list[NetworkServiceEndpoint]:
+        """The registered endpoints matching ``query`` (cached after the first call)."""
+        key = bytes(query)
+        cached = self._endpoints.get(key)
+        if cached is None:
+            self.misses += 1
+            cached = await self._fill(
+                self._endpoints, key, lambda: self._find_endpoints(query, watch=False)
+            )
+            self._nursery.start_soon(
+                self._follow, self._endpoints, key, cached, partial_endpoints(self, query)
+            )
+        else:
+            self.hits += 1
+        cached.used = trio.current_time()
+        return list(cached.entries.values())
+
+    async def service(self, name: str) -> NetworkService | None:
+        """The registered network service ``name`` (cached after the first call), or None."""
+        cached = self._services.get(name)
+        if cached is None:
+            self.misses += 1
+            cached = await self._fill(
+                self._services, name, lambda: self._find_services(name, watch=False)
+            )
+            self._nursery.start_soon(
+                self._follow, self._services, name, cached, partial_services(self, name)
+            )
+        else:
+            self.hits += 1
+        cached.used = trio.current_time()
+        return cached.entries.get(name)
+
+    async def _fill(
+        self,
+        table: dict[Any, _Query[Any]],
+        key: Any,
+        find: Callable[[], Awaitable[list[tuple[str, Any, bool]]]],
+    ) -> _Query[Any]:
+        query: _Query[Any] = _Query()
+        for name, value, deleted in await find():
+            if not deleted:
+                query.entries[name] = value
+        table.setdefault(key, query)
+        return table[key]
+
+    async def _follow(
+        self,
+        table: dict[Any, _Query[Any]],
+        key: Any,
+        query: _Query[Any],
+        watch: Callable[[_Query[Any]], Awaitable[None]],
+    ) -> None:
+        with query.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire_idle, query)
+                with contextlib.suppress(TrionsmError):  # broken: the next use asks again
+                    await watch(query)
+                nursery.cancel_scope.cancel()
+        if table.get(key) is query:
+            del table[key]
+
+    async def _expire_idle(self, query: _Query[Any]) -> None:
+        while True:
+            await trio.sleep_until(query.used + IDLE)
+            if trio.current_time() >= query.used + IDLE:
+                query.scope.cancel()
+                return
+
+    async def _find_endpoints(
+        self, query: NetworkServiceEndpoint, *, watch: bool, into: _Query[Any] | None = None
+    ) -> list[tuple[str, Any, bool]]:
+        found: list[tuple[str, Any, bool]] = []
+        request = NetworkServiceEndpointQuery(network_service_endpoint=query, watch=watch)
+        async with self._client.nse_registry.find(
+            request, timeout=None if watch else self._bound
+        ) as stream:
+            async for response in stream:
+                nse = response.network_service_endpoint
+                if nse is None:
+                    continue
+                if into is None:
+                    found.append((nse.name, nse, response.deleted))
+                elif response.deleted:
+                    into.entries.pop(nse.name, None)
+                else:
+                    into.entries[nse.name] = nse
+        return found
+
+    async def _find_services(
+        self, name: str, *, watch: bool, into: _Query[Any] | None = None
+    ) -> list[tuple[str, Any, bool]]:
+        found: list[tuple[str, Any, bool]] = []
+        request = NetworkServiceQuery(network_service=NetworkService(name=name), watch=watch)
+        async with self._client.ns_registry.find(
+            request, timeout=None if watch else self._bound
+        ) as stream:
+            async for response in stream:
+                ns = response.network_service
+                if ns is None:
+                    continue
+                if into is None:
+                    found.append((ns.name, ns, response.deleted))
+                elif response.deleted:
+                    into.entries.pop(ns.name, None)
+                else:
+                    into.entries[ns.name] = ns
+        return found
+
+
+def partial_endpoints(
+    cache: QueryCache, query: NetworkServiceEndpoint
+) -> Callable[[_Query[Any]], Awaitable[None]]:
+    async def watch(into: _Query[Any]) -> None:
+        await cache._find_endpoints(query, watch=True, into=into)
+
+    return watch
+
+
+def partial_services(cache: QueryCache, name: str) -> Callable[[_Query[Any]], Awaitable[None]]:
+    async def watch(into: _Query[Any]) -> None:
+        await cache._find_services(name, watch=True, into=into)
+
+    return watch
