@@ -43,6 +43,7 @@ from ._channel import (
     as_caller_sees_it,
     deadline_exceeded,
 )
+from ._codec import encode, parse_strict
 from ._context import CallContext, Peer
 from ._dispatch import Dispatcher
 from ._limits import (
@@ -114,13 +115,11 @@ def _carry(
             _check_size(size, what, path, sender, receiver)
         return message
     try:
-        data = bytes(message)
-    except Exception as exc:  # a value betterproto2 cannot encode
-        raise InvalidArgument(
-            f"{type(message).__name__} does not survive the wire: {type(exc).__name__}: {exc}"
-        ) from exc
+        data = encode(message)
+    except ValueError as exc:  # a value that cannot be encoded
+        raise InvalidArgument(f"{exc}: it does not survive the wire") from exc
     _check_size(len(data), what, path, sender, receiver)
-    return type(message).parse(data)
+    return parse_strict(type(message), data)
 
 
 def _check_size(size: int, what: str, path: str, sender: _End, receiver: _End) -> None:

@@ -21,7 +21,7 @@ import trio
 from trionsm.errors import Internal, InvalidArgument, TrionsmError, Unavailable
 
 from ._channel import as_caller_sees_it
-from ._codec import check_wire
+from ._codec import encode, parse_strict
 from ._limits import MAX_MESSAGE_BYTES, check_message_size
 from ._services import MethodSpec
 from ._zmq_envelope import WINDOW, encode_credit, encode_data, encode_end
@@ -116,13 +116,11 @@ class Cancel:
 
 
 def encode_message(message: betterproto2.Message) -> bytes:
-    """Protobuf bytes of ``message``; InvalidArgument if betterproto2 cannot encode it."""
+    """Protobuf bytes of ``message``; InvalidArgument if it cannot be encoded."""
     try:
-        return bytes(message)
-    except Exception as exc:
-        raise InvalidArgument(
-            f"{type(message).__name__} does not survive the wire: {type(exc).__name__}: {exc}"
-        ) from exc
+        return encode(message)
+    except ValueError as exc:
+        raise InvalidArgument(f"{exc}: it does not survive the wire") from exc
 
 
 def parse_reply(call: Call, item: object, target: str) -> betterproto2.Message:
@@ -133,8 +131,7 @@ def parse_reply(call: Call, item: object, target: str) -> betterproto2.Message:
         raise Internal(f"{call.method.path}: the call ended without a reply", hop=target)
     check_message_size(len(item), call.limit, what="reply", path=call.method.path, hop=target)
     try:
-        check_wire(item, call.method.reply)  # betterproto2 alone accepts truncated bytes
-        return call.method.reply.parse(item)
+        return parse_strict(call.method.reply, item)
     except Exception as exc:
         raise Internal(
             f"{call.method.path}: the reply is not a valid {call.method.reply.__name__} "

@@ -18,7 +18,7 @@ import trio
 
 from trionsm.errors import Internal, InvalidArgument, TrionsmError
 
-from ._codec import check_wire
+from ._codec import encode, parse_strict
 from ._context import CallContext
 from ._dispatch import Dispatcher
 from ._limits import MAX_MESSAGE_BYTES, check_message_size
@@ -66,8 +66,7 @@ def parse_request(
     """
     check_message_size(len(payload), limit, what="request", path=method.path, hop=hop)
     try:
-        check_wire(payload, method.request)  # betterproto2 alone accepts truncated bytes
-        return method.request.parse(payload)
+        return parse_strict(method.request, payload)
     except Exception as exc:
         raise InvalidArgument(
             f"{method.path}: request is not a valid {method.request.__name__} "
@@ -80,13 +79,9 @@ def _encode_reply(
     method: MethodSpec, call_id: int, reply: betterproto2.Message, hop: str, limit: int
 ) -> bytes:
     try:
-        payload = bytes(reply)
-    except Exception as exc:
-        raise Internal(
-            f"{method.path}: {type(reply).__name__} does not survive the wire: "
-            f"{type(exc).__name__}: {exc}",
-            hop=hop,
-        ) from None
+        payload = encode(reply)
+    except ValueError as exc:
+        raise Internal(f"{method.path}: {exc}", hop=hop) from None
     check_message_size(len(payload), limit, what="reply", path=method.path, hop=hop)
     return encode_data(call_id, payload)
 
