@@ -28,6 +28,8 @@ import betterproto2
 
 from trionsm.errors import InvalidArgument, ResourceExhausted
 
+from ._protobuf import plan_for, size_bound
+
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "MAX_METADATA_BYTES",
@@ -109,7 +111,9 @@ def encoded_size_over(message: betterproto2.Message, limit: int) -> int | None:
     Cheap for messages well under the limit: it adds up an upper bound of the encoded size from
     the field values and encodes the message only when that bound exceeds ``limit``.
     """
-    if _bound(message) <= limit:
+    plan = plan_for(type(message))
+    bound = size_bound(message, plan) if plan is not None else _bound(message)
+    if bound <= limit:
         return None
     try:
         size = len(bytes(message))

@@ -23,7 +23,7 @@ from trionsm.api.connection import Connection
 from trionsm.errors import InvalidArgument
 from trionsm.samples import sample_connection
 from trionsm.transport._codec import check_wire, decode, encode
-from trionsm.transport._protobuf import decode_message, encode_message, plan_for
+from trionsm.transport._protobuf import decode_message, encode_message, plan_for, size_bound
 
 
 def _classes() -> list[type[betterproto2.Message]]:
@@ -138,6 +138,7 @@ def test_encoding_is_betterproto2s(cls: type[betterproto2.Message], data: st.Dat
     assert encode_message(message, plan) == wire
     decoded = decode_message(cls, wire, plan)
     assert same(decoded, cls.parse(wire))
+    assert size_bound(message, plan) >= len(wire)  # what inproc measures shared messages by
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
