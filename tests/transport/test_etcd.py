@@ -539,3 +539,63 @@ async def test_delete_if_removes_only_the_revision_written(etcd_server: EtcdServ
             assert await client.delete_if(b"/d/a", mod_revision=new)
             assert (await client.get(b"/d/a")) is None
             assert not await client.delete_if(b"/d/a", mod_revision=new)
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+WORKER_IDLE = 10.0
+"""Seconds Trio keeps an idle worker thread (``trio._core._thread_cache.IDLE_TIMEOUT``)."""
+
+
+async def test_many_callers_keep_one_client_busy_past_trios_idle_worker_threads(
+    etcd_server: EtcdServer,
+) -> None:
+    """64 callers share one client (lease, put on it, progress request: a Register's calls) for
+    longer than Trio keeps an idle worker thread; the watch sees every put, etcd stays up.
+
+    The etcd fixture used to fork etcd in a Trio worker thread with a parent-death signal, which
+    the kernel sent when that thread ended 10 s later: etcd was SIGKILLed mid-load and this test
+    failed with "the connection to etcd broke: Connection lost".
+    """
+    until = trio.current_time() + WORKER_IDLE + 2.0
+    written: list[int] = []
+    seen: list[WatchEvent] = []
+    progressed = trio.Event()
+
+    async def caller(index: int) -> None:
+        round_ = 0
+        while round_ < 5 or trio.current_time() < until:
+            lease = await client.grant_lease(60)
+            key = b"/load/%02d/%d" % (index, round_ % 8)
+            written.append(await client.put(key, b"v" * 200, lease=lease.id))
+            await watch.request_progress()
+            round_ += 1
+
+    async def consume() -> None:
+        nonlocal progressed
+        async for event in watch:
+            if event.kind is WatchEvent.PROGRESS:
+                progressed.set()
+                progressed = trio.Event()
+            else:
+                seen.append(event)
+
+    with trio.fail_after(WORKER_IDLE + 60.0):
+        async with (
+            client_of(etcd_server) as client,
+            client.watch_prefix(b"/load/") as watch,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(consume)
+            async with trio.open_nursery() as callers:
+                for index in range(64):
+                    callers.start_soon(caller, index)
+            last = max(written)
+            while not seen or seen[-1].mod_revision < last:
+                waiting = progressed
+                await watch.request_progress()
+                await waiting.wait()
+            nursery.cancel_scope.cancel()
+    assert etcd_server.pid is not None, f"etcd died:\n{etcd_server.log_tail()}"
+    assert sorted(e.mod_revision for e in seen) == sorted(written)
+    assert all(e.kind is WatchEvent.PUT and e.lease for e in seen)
