@@ -82,8 +82,9 @@ class WatchEvent:
 
     Attributes:
         kind: PUT (created or changed), DELETE (deleted, or its lease expired or was revoked), or
-            PROGRESS (the answer to :meth:`EtcdWatch.request_progress`: every change up to
-            ``mod_revision`` has been delivered; key and value are empty).
+            PROGRESS (the answer to :meth:`EtcdWatch.request_progress`: etcd's revision then;
+            before etcd 3.4.24 changes up to it may still follow, see there; key and value are
+            empty).
         key: the key.
         value: the new value (empty for DELETE).
         mod_revision: the revision of the change (for DELETE: the revision of the deletion; for

@@ -6,19 +6,28 @@ the two catalogs as a mirror of that prefix: it loads it once (one consistent re
 etcd's Watch from the next revision, in order. The catalogs (and so every Find and watcher of the
 replica) change only from the Watch, so all replicas show the same history.
 
-Writes: a Register puts the entry with a fresh etcd lease whose TTL is the entry's remaining
-lifetime + :data:`LEASE_MARGIN`, then waits until its own watch has applied that revision, so the
-caller's next Find (through any replica that syncs) sees it. The replica that took the Register
-is the entry's authority: its EntryActor deletes the key at the deadline, with a transaction that
-only deletes the revision it wrote. The lease is the backstop: if that replica dies, etcd drops
-the key a moment after the deadline and every other replica's watchers see the deletion.
+Writes: a Register puts the entry with an etcd lease that expires at the first whole second at
+least :data:`LEASE_MARGIN` after the entry's deadline, then waits until its own watch has applied
+that put (its own event, whatever else arrived), so the caller's next Find (through any replica
+that syncs) sees it. Registrations whose leases would expire in the same second share one lease
+of this replica (granted once, by the first of them); a replica never uses another's lease. The
+replica that took the Register is the entry's authority: its EntryActor deletes the key at the
+deadline, with a transaction that only deletes the revision it wrote. The lease is the backstop:
+if that replica dies, etcd drops the key a moment after the deadline (at most about 2 s after
+the margin) and every other replica's watchers see the deletion.
 
 Take-over: when another replica re-registers a name this replica holds (a put with a lease that
 is not ours, newer than our write), our entry stands down without deleting anything.
 
-Sync: before Register, Unregister and Find the registry calls :meth:`EtcdStore.sync`, which asks
-etcd for a progress notification on the Watch and waits for it: every change committed before the
-call has then been applied, so a registration made through replica A is found through replica B.
+Sync: before Register, Unregister and Find the registry calls :meth:`EtcdStore.sync`, which
+writes this replica's fence key (``<prefix>sync/<replica>``) and waits until the Watch has applied
+that write. The fence commits after every change committed before the call, and the Watch delivers
+changes in revision order, so all of them have then been applied: a registration made through
+replica A is found through replica B. Concurrent syncs share one fence write (one is in flight at
+a time; a sync waits for a fence sent after it began). Watch progress notifications are not used:
+etcd before 3.4.24 / 3.5.8 may send one ahead of events it has already queued (etcd-io/etcd#15220),
+which then let a sync return before those events were applied. The fence key is on a lease of
+:data:`FENCE_TTL`-ish seconds, so a dead replica's fence key disappears.
 
 Outages: while etcd is unreachable, calls fail with Unavailable and watchers keep their stream;
 the store reconnects with backoff, reloads the prefix, and tells watchers exactly what changed in
@@ -28,14 +37,17 @@ between (puts and deletions), then watches again.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import math
+import secrets
 from typing import Any, Final
 
 import attrs
 import trio
 
 from trionsm.api.registry import NetworkService, NetworkServiceEndpoint
-from trionsm.errors import FailedPrecondition, InvalidArgument, TrionsmError, Unavailable
+from trionsm.errors import FailedPrecondition, InvalidArgument, NotFound, TrionsmError, Unavailable
 from trionsm.transport import parse_url
 
 from ._catalog import DEFAULT_WATCH_BUFFER, Catalog
@@ -49,7 +61,14 @@ LEASE_MARGIN: Final = 2.0
 """Seconds the backstop lease outlives an entry's deadline (the live replica deletes first)."""
 
 SYNC_TIMEOUT: Final = 5.0
+"""Seconds a sync, or a put waiting for its own watch event, may take before Unavailable."""
+
+FENCE_TTL: Final = 60
+"""Seconds (at least; at most half as many again) the fence key outlives this replica's last
+sync."""
+
 RETRY_MIN, RETRY_MAX = 0.2, 2.0
+_FENCE_SEGMENT = b"sync/"
 
 _SEGMENT = {ENDPOINT: "nse/", SERVICE: "ns/"}
 _MESSAGE: dict[str, type[Any]] = {ENDPOINT: NetworkServiceEndpoint, SERVICE: NetworkService}
@@ -61,6 +80,17 @@ class _Write:
 
     lease: int
     revision: int | None = None
+
+
+@attrs.define
+class _LeaseSlot:
+    """One lease of this replica for every key that should expire in one second.
+
+    ``lease`` stays 0 until etcd granted it; ``ready`` is set once the grant ended either way.
+    """
+
+    ready: trio.Event = attrs.field(factory=trio.Event)
+    lease: int = 0
 
 
 def parse_store_url(url: str) -> tuple[str, str]:
@@ -95,12 +125,21 @@ class EtcdStore:
         self.hop = hop
         self.endpoints, self.services = make_catalogs(watch_buffer=watch_buffer, hop=hop)
         self._client: Any = None
-        self._watch: Any = None
         self._mine: dict[tuple[str, str], _Write] = {}
-        self._progress = 0
-        self._progress_event = trio.Event()
-        self._watch_changed = trio.Event()
         self._on_take_over: Any = None
+        # The mirror: etcd's state at revision ``_applied`` (raised by each applied event and by
+        # each load, never by anything else), and the tasks waiting for a revision.
+        self._applied = 0
+        self._applied_waiters: list[tuple[int, int, trio.Event]] = []
+        self._sequence = itertools.count()
+        # Leases of this replica by the second they expire at (see _lease_until).
+        self._leases: dict[int, _LeaseSlot] = {}
+        # Fences: writes of _fence_key, one in flight at a time (see _fence).
+        self._fence_key = self._prefix + _FENCE_SEGMENT + secrets.token_hex(8).encode()
+        self._fences_started = 0
+        self._fence_done: tuple[int, int] = (0, 0)  # (number, revision) of the last fence
+        self._fence_busy = False
+        self._fence_idle = trio.Event()
 
     @property
     def description(self) -> str:
@@ -147,19 +186,15 @@ class EtcdStore:
                         async with client.watch_prefix(
                             self._prefix, start_revision=revision + 1
                         ) as watch:
-                            self._set_watch(watch)
                             if not started:
                                 started = True
                                 task_status.started()
                             delay = RETRY_MIN
                             async for event in watch:
-                                if event.kind is event.PROGRESS:
-                                    self._note_progress(event.mod_revision)
-                                else:
+                                if event.kind is not event.PROGRESS:  # none asked for
                                     self._apply(event)
                                     revision = event.mod_revision
                     except (Unavailable, FailedPrecondition):
-                        self._set_watch(None)
                         if not started:
                             raise
                         await trio.sleep(delay)
@@ -168,15 +203,11 @@ class EtcdStore:
                             revision = await self._load()
         finally:
             self._client = None
-            self._set_watch(None)
-            self._progress_event.set()
+            for _, _, waiter in self._applied_waiters:
+                waiter.set()  # they see the store is gone
+            self._applied_waiters.clear()
             self.endpoints.close_watchers("the registry lost its etcd store")
             self.services.close_watchers("the registry lost its etcd store")
-
-    def _set_watch(self, watch: Any) -> None:
-        self._watch = watch
-        self._watch_changed.set()
-        self._watch_changed = trio.Event()
 
     async def _load(self) -> int:
         """Read the whole prefix and make the catalogs equal to it (telling watchers the diff)."""
@@ -198,24 +229,24 @@ class EtcdStore:
             for name in catalog.names():
                 if name not in names:
                     catalog.delete(name, revision=revision)
-            catalog.set_revision(revision)
+        self._advance(revision)
         return revision
 
     def _apply(self, event: Any) -> None:
+        self._apply_to_catalogs(event)
+        self._advance(event.mod_revision)
+
+    def _apply_to_catalogs(self, event: Any) -> None:
         parsed = self._parse_key(event.key)
         if parsed is None:
-            return
+            return  # a fence, or a key that is not ours
         kind, name = parsed
         catalog = self.catalog(kind)
         if event.kind is event.PUT:
             catalog.put(_MESSAGE[kind].parse(event.value), revision=event.mod_revision)
-            self.services.set_revision(event.mod_revision)
-            self.endpoints.set_revision(event.mod_revision)
             foreign = event.lease
         else:
             catalog.delete(name, revision=event.mod_revision)
-            self.services.set_revision(event.mod_revision)
-            self.endpoints.set_revision(event.mod_revision)
             foreign = None
         mine = self._mine.get((kind, name))
         if mine is None or mine.revision is None or event.mod_revision <= mine.revision:
@@ -226,12 +257,31 @@ class EtcdStore:
         if self._on_take_over is not None:
             self._on_take_over(kind, name)
 
-    def _note_progress(self, revision: int) -> None:
+    def _advance(self, revision: int) -> None:
+        """The mirror now holds etcd's state at ``revision``: wake who waited for it."""
         self.endpoints.set_revision(revision)
         self.services.set_revision(revision)
-        self._progress += 1
-        self._progress_event.set()
-        self._progress_event = trio.Event()
+        if revision <= self._applied:
+            return
+        self._applied = revision
+        waiters = self._applied_waiters
+        while waiters and waiters[0][0] <= revision:
+            heapq.heappop(waiters)[2].set()
+
+    async def _wait_applied(self, revision: int, what: str) -> None:
+        """Wait until the mirror has applied ``revision`` (at most :data:`SYNC_TIMEOUT`)."""
+        with trio.move_on_after(SYNC_TIMEOUT):
+            while self._applied < revision:
+                self._connected()
+                waiter = trio.Event()
+                heapq.heappush(self._applied_waiters, (revision, next(self._sequence), waiter))
+                await waiter.wait()
+            return
+        raise Unavailable(
+            f"the etcd store {self._url}: {what}: its watch did not apply revision {revision} "
+            f"within {SYNC_TIMEOUT:g} s",
+            hop=self.hop,
+        )
 
     # -- the Store interface ---------------------------------------------------------------------
 
@@ -241,42 +291,115 @@ class EtcdStore:
         return self._client
 
     async def sync(self) -> None:
-        self._connected()
+        """Return once every change committed to etcd before the call has been applied.
+
+        Raises:
+            Unavailable: etcd is unreachable, or the watch did not catch up within
+                :data:`SYNC_TIMEOUT`.
+        """
+        client = self._connected()
         with trio.move_on_after(SYNC_TIMEOUT):
-            while self._watch is None:  # reconnecting: wait a little for the watch
-                await self._watch_changed.wait()
-            seen = self._progress
-            await self._watch.request_progress()
-            while self._progress == seen and self._watch is not None:
-                await self._progress_event.wait()
-            if self._progress != seen:
-                return
+            revision = await self._fence(client)
+            await self._wait_applied(revision, "sync")
+            return
         raise Unavailable(
-            f"the etcd store {self._url} did not confirm its watch within {SYNC_TIMEOUT:g} s",
+            f"the etcd store {self._url} did not sync with etcd within {SYNC_TIMEOUT:g} s",
             hop=self.hop,
         )
 
+    async def _fence(self, client: Any) -> int:
+        """The revision of a fence write sent after this call began (one in flight at a time).
+
+        The first caller that finds no fence in flight writes one; the others wait for it to end
+        and use it if it was started after they began, else the next one.
+        """
+        wanted = self._fences_started + 1
+        while self._fence_done[0] < wanted:
+            if self._fence_busy:
+                await self._fence_idle.wait()
+                continue
+            self._fence_busy = True
+            self._fences_started += 1
+            number = self._fences_started
+            try:
+                half = FENCE_TTL // 2  # one lease per half-TTL: a grant every 30 s at most
+                expires = math.ceil((trio.current_time() + FENCE_TTL) / half) * half
+                lease = await self._lease_until(client, expires)
+                try:
+                    revision = await client.put(self._fence_key, b"", lease=lease)
+                except NotFound:
+                    self._forget_lease(lease)  # etcd lost it: the next round grants another
+                    continue
+                self._fence_done = (number, revision)
+            finally:
+                self._fence_busy = False
+                self._fence_idle.set()
+                self._fence_idle = trio.Event()
+        return self._fence_done[1]
+
+    async def _lease_until(self, client: Any, expires: float) -> int:
+        """A lease of this replica that lasts until ``expires`` (trio time) or a little longer.
+
+        Every caller whose ``expires`` falls in the same second gets the same lease, granted once
+        (by the first; the others wait for that grant) to expire at the end of that second: so
+        it outlives ``expires`` by less than a second, plus etcd's own rounding.
+        """
+        second = math.ceil(expires)
+        while (slot := self._leases.get(second)) is not None:
+            await slot.ready.wait()
+            if slot.lease:
+                return slot.lease
+            # That grant failed or was cancelled (its slot is gone): try again here.
+        slot = self._leases[second] = _LeaseSlot()
+        try:
+            now = trio.current_time()
+            for stale in [s for s in self._leases if s <= now]:
+                del self._leases[stale]
+            granted = await client.grant_lease(max(1, math.ceil(second - now)))
+            slot.lease = granted.id
+        finally:
+            if not slot.lease and self._leases.get(second) is slot:
+                del self._leases[second]
+            slot.ready.set()
+        return slot.lease
+
+    def _forget_lease(self, lease: int) -> None:
+        """Stop handing out ``lease`` (etcd no longer has it)."""
+        for second, slot in list(self._leases.items()):
+            if slot.lease == lease:
+                del self._leases[second]
+
     async def put(self, kind: str, value: Any, entry: Entry) -> None:
+        """Write the registration, then wait until this replica's watch has applied it.
+
+        Raises:
+            Unavailable: etcd is unreachable, or the watch did not apply the write within
+                :data:`SYNC_TIMEOUT` (the write may have been made).
+        """
         client = self._connected()
-        lease = 0
-        if kind == ENDPOINT and math.isfinite(entry.deadline):
-            remaining = entry.deadline - trio.current_time()
-            granted = await client.grant_lease(max(1, math.ceil(remaining + LEASE_MARGIN)))
-            lease = granted.id
         key = (kind, entry.name)
         previous = self._mine.get(key)
-        self._mine[key] = write = _Write(lease)
-        try:
-            revision = await client.put(self._key(kind, entry.name), bytes(value), lease=lease)
-        except TrionsmError:
-            if previous is None:
-                self._mine.pop(key, None)
-            else:
-                self._mine[key] = previous
-            raise
+        expiring = kind == ENDPOINT and math.isfinite(entry.deadline)
+        for attempt in range(2):
+            lease = 0
+            if expiring:
+                lease = await self._lease_until(client, entry.deadline + LEASE_MARGIN)
+            self._mine[key] = write = _Write(lease)
+            try:
+                revision = await client.put(self._key(kind, entry.name), bytes(value), lease=lease)
+            except TrionsmError as exc:
+                if previous is None:
+                    self._mine.pop(key, None)
+                else:
+                    self._mine[key] = previous
+                if isinstance(exc, NotFound) and lease and attempt == 0:
+                    self._forget_lease(lease)  # a shared lease etcd lost: grant a new one
+                    continue
+                raise
+            break
         write.revision = revision
         entry.token = write
-        await self.catalog(kind).wait_revision(revision)
+        await self._wait_applied(revision, f"put {kind} {entry.name!r}")
 
     async def delete(self, kind: str, name: str) -> None:
         client = self._connected()

@@ -7,6 +7,7 @@ is SIGKILLed.
 
 from __future__ import annotations
 
+import math
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ from trionsm.api.registry import (
     NetworkServiceEndpointQuery,
     NetworkServiceQuery,
 )
+from trionsm.clock import current_clock
 from trionsm.errors import InvalidArgument, Unavailable
-from trionsm.transport import Client, open_client
+from trionsm.transport import Client, open_client, open_etcd
 
 _names = count()
 
@@ -229,7 +231,79 @@ async def test_a_restarted_replica_loads_what_etcd_holds(etcd_server: EtcdServer
             assert await names(elsewhere) == []
 
 
+async def test_registrations_expiring_in_one_second_share_a_lease_of_their_replica(
+    etcd_server: EtcdServer,
+) -> None:
+    """One lease grant per replica and second of expiry; a take-over is still seen as one."""
+    clock = current_clock()
+    deadline = math.floor(trio.current_time()) + 30.25  # + LEASE_MARGIN: all in one second
+    with trio.fail_after(60):
+        async with (
+            replica(etcd_server) as (handle_a, a),
+            replica(etcd_server) as (handle_b, b),
+            open_etcd(etcd_server.endpoint) as etcd,
+        ):
+
+            async def register(client: Client, name: str) -> int:
+                entry = nse(name)
+                entry.expiration_time = clock.timestamp(deadline)
+                await client.nse_registry.register(entry)
+                kv = await etcd.get(f"/test/nse/{name}".encode())
+                assert kv is not None
+                return kv.lease
+
+            first, second = await register(a, "a-1"), await register(a, "a-2")
+            theirs = await register(b, "b-1")
+            assert first == second != 0
+            assert theirs not in (0, first)
+            entry_a = handle_a.registry.entries()[("endpoint", "a-1")]
+            assert await register(b, "a-1") == theirs  # B takes a-1 over, with B's lease
+            await entry_a.done.wait()
+            assert entry_a.ended
+            assert set(handle_a.registry.entries()) == {("endpoint", "a-2")}
+            assert set(handle_b.registry.entries()) == {("endpoint", "b-1"), ("endpoint", "a-1")}
+
+
 @pytest.mark.parametrize("url", ["etcd://", "etcd://host", "etcd://:2379", "redis://x:1"])
 def test_bad_store_urls_are_invalid_arguments(url: str) -> None:
     with pytest.raises(InvalidArgument, match="store"):
         open_store(url)
+
+
+async def test_concurrent_registers_are_found_as_soon_as_they_return(
+    etcd_server: EtcdServer,
+) -> None:
+    """32 callers register 1,000 endpoints through replica A; as each Register returns, A's
+    catalog holds it and a Find by its name through replica B returns it.
+
+    etcd 3.4.23 answers a watch progress request with its current revision and may send that
+    answer before watch events it had already queued: a store that trusts progress notifications
+    let a Register (or a Find's sync) return before the registration was applied.
+    """
+    late: list[str] = []
+    unseen: list[str] = []
+    pending = iter(range(1000))
+
+    async def caller() -> None:
+        for index in pending:
+            name = f"nse-{index}"
+            await a.nse_registry.register(nse(name))
+            if handle_a.registry.store.endpoints.get(name) is None:
+                late.append(name)
+            if index % 4 == 0:
+                query = NetworkServiceEndpointQuery(
+                    network_service_endpoint=NetworkServiceEndpoint(name=name)
+                )
+                async with b.nse_registry.find(query) as stream:
+                    found = [r.network_service_endpoint.name async for r in stream]
+                if found != [name]:
+                    unseen.append(name)
+
+    with trio.fail_after(120):
+        async with replica(etcd_server) as (handle_a, a), replica(etcd_server) as (_, b):
+            async with trio.open_nursery() as nursery:
+                for _ in range(32):
+                    nursery.start_soon(caller)
+            assert (late, unseen) == ([], [])
+            assert len(await names(b)) == 1000
+            assert len(handle_a.registry.store.endpoints) == 1000
