@@ -56,6 +56,7 @@ async def test_a_broken_watch_drops_the_query(autojump_clock: object) -> None:
             cache = QueryCache(nursery, client)
             await client.nse_registry.register(nse("a"))
             await cache.endpoints(BY_SERVICE)
+            await wait_all_tasks_blocked()  # the cache's watch is open
             await registry.supervisor.terminate_child("store")  # watchers end: Unavailable
             await registry.supervisor.restart_child("store")
             await wait_all_tasks_blocked()
