@@ -8,26 +8,38 @@ actor's mailbox serialises everything that happens to one connection (NSM's ``be
 Closes, its expiry and what the next hop's monitor stream reports. It holds the last request and
 the connection returned for it:
 
-* **Request**: a ``RESELECT_REQUESTED`` request first closes the old downstream connection; then
-  the role's :meth:`ServerHop.forward` does the hop's work (select the next hop and call it, or,
-  at the endpoint, assign addresses); the reply goes back with this hop's id and index, ``UP``,
-  and to this hop's monitor subscribers. A first Request that fails leaves nothing behind.
+* **Request**: a ``RESELECT_REQUESTED`` request first closes the old connection (downstream
+  and what the hop holds) and forgets sticky choices; then the role's :meth:`ServerHop.forward`
+  does the hop's work (select the next hop and call it, or, at the endpoint, assign addresses);
+  the reply goes back with this hop's id and index, ``UP``, and to this hop's monitor
+  subscribers, and :meth:`ServerHop.established` starts the role's per-connection watches. A
+  first Request that fails leaves nothing behind.
 * **Expiry**: the actor's expiry scope has the deadline ``previous segment expiry - request
   timeout``; each Request moves it; when it passes, the connection is closed downstream, as if
   the previous hop had sent Close (NSM's ``timeout``), so a client that vanished leaves nothing.
 * **Next hop lost**: the role watches the next hop's monitor (one stream per peer); a broken
   stream or a downstream DOWN/DELETE turns this connection ``DOWN`` for its own subscribers, so
-  the NSC heals; a later ``UP`` downstream restores ``UP``.
-* **Close** (or expiry): best-effort Close downstream, release what the hop holds, DELETE to the
-  subscribers, and the actor stops.
+  the NSC heals; a later ``UP`` downstream restores ``UP``. Events reach the actor through a
+  small queue drained after every message, so a flood of them never blocks the peer's stream.
+  When a reselect lands on the same next hop again, the DELETE of the connection we just closed
+  there may arrive after our new Request succeeded: the watch is *fenced* until the next hop
+  shows the connection UP again, and ignores DELETE/DOWN meanwhile (a broken stream still
+  counts), so no stale DOWN reaches the NSC.
+* **Close** (or expiry, or :meth:`ServerConnection.revoke` by the role): best-effort Close
+  downstream, release what the hop holds, DELETE to the subscribers, and the actor stops.
+
+Every hop counts the Requests and Closes its actors carried out (:class:`HopCounts`) and may
+carry a fault-injection hook (:attr:`ServerHop.before_request`), as NSM's sandbox does with its
+``count`` and ``injecterror`` elements.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -43,12 +55,14 @@ from trionsm.supervision import (
     Actor,
     ActorRef,
     ActorStopped,
+    MailboxFull,
     Restart,
     Supervisor,
     actor_spec,
 )
 from trionsm.transport import CallContext
 
+from ._count import HopCounts
 from ._locks import KeyedLock
 from ._monitor import MonitorHub
 from ._path import restore_hop, server_deadline, update_path, update_token
@@ -58,6 +72,7 @@ __all__ = [
     "CLOSE_TIMEOUT",
     "DEFAULT_REQUEST_TIMEOUT",
     "NextHop",
+    "RequestHook",
     "ServerConnection",
     "ServerHop",
 ]
@@ -95,9 +110,22 @@ class _Expire:
 
 
 @attrs.frozen
+class _Revoke:
+    reason: str
+
+
+@attrs.frozen
 class _Downstream:
-    event: PeerEvent
-    next: NextHop
+    """A nudge: next-hop events are waiting in the actor's queue."""
+
+
+RequestHook = Callable[[NetworkServiceRequest], Awaitable[None]]
+"""A fault-injection hook: awaited with each Request a connection actor takes; raising a
+TrionsmError refuses the Request with it, waiting delays it (tests and scenarios)."""
+
+MAX_QUEUED_EVENTS = 64
+"""Next-hop events an actor keeps while busy; beyond that the oldest are dropped (the newest
+state wins)."""
 
 
 class ServerConnection(Actor):
@@ -118,6 +146,11 @@ class ServerConnection(Actor):
         self.call_deadline = math.inf  # the current Request's deadline (for calls downstream)
         self._expiry: trio.CancelScope | None = None
         self._watch: trio.CancelScope | None = None
+        self._events: collections.deque[tuple[trio.CancelScope, PeerEvent]] = collections.deque(
+            maxlen=MAX_QUEUED_EVENTS
+        )
+        self._nudged = False
+        self._fenced = False  # we closed the next hop's connection ourselves and re-request it
 
     async def init(self) -> None:
         self.nursery.start_soon(self._expire_at_deadline)
@@ -137,15 +170,22 @@ class ServerConnection(Actor):
             self._expiry.deadline = deadline
 
     async def handle(self, message: Any) -> Any:
-        if isinstance(message, _Request):
-            return await self._request(message)
-        if isinstance(message, _Close | _Expire):
-            await self._close(expired=isinstance(message, _Expire))
-            return Empty()
-        if isinstance(message, _Downstream):
-            self._downstream(message)
-            return None
-        raise TypeError(f"unexpected message {message!r}")
+        try:
+            if isinstance(message, _Request):
+                return await self._request(message)
+            if isinstance(message, _Close | _Expire | _Revoke):
+                await self._close()
+                return Empty()
+            if isinstance(message, _Downstream):
+                return None
+            raise TypeError(f"unexpected message {message!r}")
+        finally:
+            self._nudged = False
+            self._downstream()
+
+    def revoke(self, reason: str) -> None:
+        """Close this connection from this hop (downstream and upstream see it closed)."""
+        self.ref.cast(_Revoke(reason))
 
     async def _request(self, message: _Request) -> Connection:
         request = message.request
@@ -155,9 +195,16 @@ class ServerConnection(Actor):
         self.index = incoming.path.index
         self.call_deadline = trio.current_time() + message.timeout
         if incoming.state is State.RESELECT_REQUESTED and self.connection is not None:
-            await self._close_downstream()
+            # NSM's begin: close the old connection downstream and start over as new. The
+            # watch on the next hop stays (fenced) in case the reselect lands there again.
+            self.hop.counts.close(self.id)
+            await self._close_downstream(keep_watch=True)
+            self.hop.release(self)
             self.hop.forget(self)
+        self.hop.counts.request(self.id)
         try:
+            if self.hop.before_request is not None:
+                await self.hop.before_request(request)
             reply = await self.hop.forward(self, request)
         except TrionsmError:
             if self.connection is None:
@@ -170,6 +217,7 @@ class ServerConnection(Actor):
         clock = self.hop.clock
         self._move_deadline(server_deadline(reply.path, self.index, message.timeout, clock=clock))
         self.hop.hub.update(reply)
+        self.hop.established(self)
         return reply
 
     def remaining(self) -> float:
@@ -184,6 +232,7 @@ class ServerConnection(Actor):
             self._watch.cancel()
             self._watch = None
         self.next = next_hop
+        self._fenced = False
         if next_hop is not None and self.hop.peers is not None:
             scope = trio.CancelScope()
             self._watch = scope
@@ -194,33 +243,54 @@ class ServerConnection(Actor):
         with scope:
 
             def listener(event: PeerEvent) -> None:
-                self.ref.cast(_Downstream(event, next_hop))
+                self._events.append((scope, event))
+                if not self._nudged:
+                    self._nudged = True
+                    # A full mailbox holds messages whose handling drains the events anyway.
+                    with contextlib.suppress(MailboxFull):
+                        self.ref.cast(_Downstream())
 
             with self.hop.peers.watch(next_hop.url, next_hop.connection_id, listener):
                 await trio.sleep_forever()
 
-    def _downstream(self, message: _Downstream) -> None:
-        if self.connection is None or message.next != self.next:
-            return  # an event about a next hop we left
-        event = message.event
-        down = (
-            event.lost
-            or event.deleted
-            or (event.connection is not None and event.connection.state is State.DOWN)
-        )
-        state = State.DOWN if down else State.UP
-        if self.connection.state is not state:
-            self.connection = dataclasses.replace(self.connection, state=state)
-            self.hop.hub.update(self.connection)
+    def _downstream(self) -> None:
+        """Apply the next hop's queued events to this connection's state (UP or DOWN).
 
-    async def _close_downstream(self) -> None:
+        Events of a watch we left are dropped. After we closed the next hop's connection
+        ourselves to re-request it (a reselect landing on the same next hop), its DELETE may
+        still be on the way: while fenced, only a lost stream or the peer's current state (an
+        initial snapshot, or an UP update) counts.
+        """
+        while self._events:
+            watch, event = self._events.popleft()
+            if self.connection is None or watch is not self._watch:
+                continue  # closed, or an event about a next hop we left
+            up = event.connection is not None and event.connection.state is not State.DOWN
+            up = up and not event.deleted and not event.lost
+            if self._fenced:
+                if event.lost:
+                    pass
+                elif up:
+                    self._fenced = False
+                else:
+                    continue  # our own Close's DELETE, or a state from before our Request
+            state = State.UP if up else State.DOWN
+            if self.connection.state is not state:
+                self.connection = dataclasses.replace(self.connection, state=state)
+                self.hop.hub.update(self.connection)
+
+    async def _close_downstream(self, *, keep_watch: bool = False) -> None:
         # Best effort: the next hop expires the connection anyway.
         with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(TrionsmError):
             await self.hop.close_downstream(self)
-        self.follow(None)
+        if keep_watch:
+            self._fenced = self._watch is not None
+        else:
+            self.follow(None)
 
-    async def _close(self, *, expired: bool) -> None:
+    async def _close(self) -> None:
         if self.connection is not None:
+            self.hop.counts.close(self.id)
             await self._close_downstream()
         self.hop.release(self)
         self.hop.hub.delete(self.id)
@@ -251,6 +321,8 @@ class ServerHop:
         self.tokens = tokens
         self.hub = MonitorHub(name)
         self.peers: Peers | None = None  # set by roles that have next hops
+        self.counts = HopCounts()
+        self.before_request: RequestHook | None = None
         self._clock = clock
         self._actors: dict[str, ActorRef] = {}
         self._locks = KeyedLock()
@@ -291,6 +363,9 @@ class ServerHop:
 
     def forget(self, actor: ServerConnection) -> None:
         """A reselect: drop sticky choices (the forwarder, the endpoint) for this connection."""
+
+    def established(self, actor: ServerConnection) -> None:
+        """A Request succeeded (``actor.connection`` is the reply): start per-connection watches."""
 
     # -- NetworkService --------------------------------------------------------------------------
 

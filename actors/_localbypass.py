@@ -17,6 +17,8 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
+
 from trionsm.api.google.protobuf import Empty
 from trionsm.api.registry import (
     NetworkService,
@@ -51,9 +53,17 @@ class LocalBypass:
         self.hop = hop
         self._upstream = upstream
         self._local: dict[str, str] = {}  # endpoint name -> its real URL
+        self._registered = trio.Event()  # set (and replaced) at each local registration
 
     def local_url(self, name: str) -> str | None:
         """The real URL of a local endpoint (or forwarder) registered here."""
+        return self._local.get(name)
+
+    async def wait_local(self, name: str, grace: float) -> str | None:
+        """:meth:`local_url` once ``name`` registers here, waiting at most ``grace`` seconds."""
+        with trio.move_on_after(grace):
+            while name not in self._local:
+                await self._registered.wait()
         return self._local.get(name)
 
     def _inward(self, nse: NetworkServiceEndpoint) -> NetworkServiceEndpoint | None:
@@ -81,6 +91,8 @@ class LocalBypass:
             outward, timeout=_timeout(ctx), metadata=dict(ctx.metadata)
         )
         self._local[request.name] = request.url
+        self._registered.set()
+        self._registered = trio.Event()
         return dataclasses.replace(stored, url=request.url)
 
     async def find(

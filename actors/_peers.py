@@ -44,12 +44,15 @@ class PeerEvent:
         connection: the peer's latest view (None when the peer lost or deleted it).
         lost: the monitor stream to the peer broke (the peer died or is unreachable).
         deleted: the peer closed the connection (or no longer has it).
+        initial: the event comes from a (re)opened stream's INITIAL_STATE_TRANSFER, so it is the
+            peer's current state; other events are changes, in the order the peer made them.
     """
 
     connection: Connection | None
     lost: bool = False
     deleted: bool = False
     reason: str = ""
+    initial: bool = False
 
 
 Listener = Callable[[PeerEvent], None]
@@ -153,11 +156,10 @@ class Peers:
             for connection_id, listener in list(monitor.listeners.items()):
                 connection = connections.get(connection_id)
                 if connection is None:
-                    listener(
-                        PeerEvent(None, deleted=True, reason="the peer has no such connection")
-                    )
+                    reason = "the peer has no such connection"
+                    listener(PeerEvent(None, deleted=True, reason=reason, initial=True))
                 else:
-                    listener(PeerEvent(connection))
+                    listener(PeerEvent(connection, initial=True))
             return
         for connection_id, connection in connections.items():
             interested = monitor.listeners.get(connection_id)

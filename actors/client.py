@@ -3,20 +3,34 @@
 Theory of operation. ``open_connection("noop://icmp-responder/nsm-1?app=foo", nsmgr=url)``
 requests the service through the node's nsmgr and yields a :class:`ClientConnection` once the
 first Request succeeded (it is retried until ``request_timeout``). The connection's own task then
-runs a nursery with two children, the refresh timer and the monitor watcher:
+runs a nursery with the refresh timer, the monitor watcher and, when a ``liveness`` check is
+given, the data-plane watcher:
 
 * **refresh**: re-requests at NSM's schedule (20 % of the shortest remaining token lifetime on a
   4-hop path); a failed refresh is retried every 200 ms until the connection's own tokens run out,
-  then the connection heals;
+  then the connection heals (monitoring goes on meanwhile, so a broken path heals at once);
 * **monitor**: one MonitorConnections stream to the nsmgr scoped to this connection's segment; a
-  ``DOWN`` or ``DELETE`` for the connection, or a broken stream, means the path is broken.
+  ``DOWN`` or ``DELETE`` for the connection, or a broken stream, means the control plane broke;
+* **liveness** (optional): ``await liveness(connection)`` every ``liveness_interval``, each check
+  bounded by ``liveness_timeout`` (a timeout counts as dead); False means the data plane broke.
 
-When either child reports a broken path, the nursery is cancelled and the connection heals
-(NSM's heal, §2.5): with no data-plane liveness check to tell otherwise, it **reselects**: a
-best-effort Close of the old path, then Requests with ``RESELECT_REQUESTED``, the endpoint and
-mechanism cleared (or as a custom ``reselect`` function says), keeping its path segment ids,
-until one succeeds. Every step is an event on :meth:`ClientConnection.events`. Leaving the block
-closes the connection through the whole path.
+When a child reports a broken path, the nursery is cancelled and the connection heals (NSM's
+heal, nsm-reference §2.5):
+
+* control plane broken and no liveness check: **reselect**, since nothing says the data plane
+  still works (so after an nsmgr restart the client reselects, and lands on the same endpoint
+  only if selection picks it again);
+* control plane broken and the data plane alive (one extra check): **re-request** the same
+  connection, same endpoint and path segment ids, without Close, until it succeeds; if the
+  liveness check fails meanwhile, reselect instead;
+* data plane broken (either way): **reselect**.
+
+A reselect is a best-effort Close of the old path, then Requests with ``RESELECT_REQUESTED``, the
+endpoint and mechanism cleared (or as a custom ``reselect`` function says), keeping the path
+segment ids, until one succeeds. Every step is an event on :meth:`ClientConnection.events`.
+Leaving the block closes the connection through the whole path, unless ``close_on_exit=False``
+(the client then simply vanishes, as a crashed workload would, and every hop closes its part when
+the tokens it holds run out).
 """
 
 from __future__ import annotations
@@ -27,7 +41,7 @@ import enum
 import itertools
 import math
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Final
 
@@ -51,10 +65,13 @@ from ._nsurl import parse_nsurl
 from ._path import refresh_after, restore_hop, update_path, update_token
 
 __all__ = [
+    "DEFAULT_LIVENESS_INTERVAL",
+    "DEFAULT_LIVENESS_TIMEOUT",
     "DEFAULT_NSMGR_URL",
     "ClientConnection",
     "ConnectionEvent",
     "EventKind",
+    "LivenessCheck",
     "open_connection",
     "reselect_default",
 ]
@@ -62,7 +79,14 @@ __all__ = [
 DEFAULT_NSMGR_URL: Final = "unix:///var/lib/networkservicemesh/nsm.io.sock"
 DEFAULT_REQUEST_TIMEOUT: Final = 15.0
 RETRY_INTERVAL: Final = 0.2
+DEFAULT_LIVENESS_INTERVAL: Final = 0.2
+"""Seconds between liveness checks (NSM's sdk default, 200 ms)."""
+DEFAULT_LIVENESS_TIMEOUT: Final = 1.0
+"""Seconds one liveness check may take before it counts as dead (cmd-nsc's 1 s)."""
 _ids = itertools.count(1)
+
+LivenessCheck = Callable[[Connection], Awaitable[bool]]
+"""``async (connection) -> bool``: True while the connection's data plane carries traffic."""
 
 
 class EventKind(enum.Enum):
@@ -103,9 +127,10 @@ def reselect_default(connection: Connection) -> Connection:
 
 
 class _PathBroken(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, data_plane: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.data_plane = data_plane  # the liveness check failed (else: the control plane)
 
 
 def _segment_owner(connections: Iterable[Connection], me: str) -> Connection | None:
@@ -124,7 +149,8 @@ class ClientConnection:
     Attributes:
         connection: the latest connection (its path, addresses, endpoint...).
         requests: successful Requests so far (first, refreshes and heals).
-        heals: completed heals.
+        heals: completed heals (reselects and re-requests).
+        reselects: the heals that reselected.
     """
 
     def __init__(
@@ -137,6 +163,9 @@ class ClientConnection:
         clock: Clock,
         request_timeout: float,
         reselect: Callable[[Connection], Connection],
+        liveness: LivenessCheck | None = None,
+        liveness_interval: float = DEFAULT_LIVENESS_INTERVAL,
+        liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
     ) -> None:
         self._client = client
         self._request = request
@@ -145,9 +174,13 @@ class ClientConnection:
         self._clock = clock
         self._timeout = request_timeout
         self._reselect = reselect
+        self._liveness = liveness
+        self._liveness_interval = liveness_interval
+        self._liveness_timeout = liveness_timeout
         self.connection: Connection | None = None
         self.requests = 0
         self.heals = 0
+        self.reselects = 0
         self._history: list[ConnectionEvent] = []
         self._changed = trio.Event()
 
@@ -228,7 +261,7 @@ class ClientConnection:
         self._emit(EventKind.CONNECTED)
 
     async def run(self) -> None:
-        """Refresh, monitor and heal until cancelled."""
+        """Refresh, monitor (and check liveness) and heal until cancelled."""
         healed_at = -math.inf
         while True:
             if trio.current_time() - healed_at < RETRY_INTERVAL:
@@ -237,10 +270,13 @@ class ClientConnection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._refresh_loop)
                     nursery.start_soon(self._monitor_loop)
+                    if self._liveness is not None:
+                        nursery.start_soon(self._liveness_loop)
             except* _PathBroken as group:
-                reason = str(group.exceptions[0])
-                self._emit(EventKind.DOWN, reason)
-                await self._heal(reason)
+                broken = group.exceptions[0]
+                assert isinstance(broken, _PathBroken)
+                self._emit(EventKind.DOWN, broken.reason)
+                await self._heal(broken)
                 healed_at = trio.current_time()
 
     async def _refresh_loop(self) -> None:
@@ -288,9 +324,68 @@ class ClientConnection:
             raise _PathBroken(f"the monitor stream to the nsmgr broke: {exc}") from exc
         raise _PathBroken("the nsmgr ended the monitor stream")
 
-    async def _heal(self, reason: str) -> None:
+    async def _liveness_loop(self) -> None:
+        while True:
+            await trio.sleep(self._liveness_interval)
+            if not await self._alive():
+                reason = "the liveness check failed: the data plane is down"
+                raise _PathBroken(reason, data_plane=True)
+
+    async def _alive(self) -> bool:
+        """One liveness check (a check that takes longer than its timeout counts as dead)."""
+        assert self._liveness is not None
         assert self.connection is not None
-        # Best effort: the old path may be gone.
+        with trio.move_on_after(self._liveness_timeout):
+            return bool(await self._liveness(self.connection))
+        return False
+
+    async def _heal(self, broken: _PathBroken) -> None:
+        """Heal after ``broken`` (NSM's decision, see the module docstring)."""
+        if not broken.data_plane and self._liveness is not None and await self._alive():
+            if await self._rerequest():
+                self.heals += 1
+                self._emit(EventKind.HEALED, f"re-requested (data plane alive) after: {broken}")
+                return
+            reason = f"the data plane went down while re-requesting after: {broken}"
+        else:
+            reason = str(broken)
+        await self._reselect_path()
+        self.heals += 1
+        self.reselects += 1
+        self._emit(EventKind.HEALED, f"reselected after: {reason}")
+
+    async def _rerequest(self) -> bool:
+        """Request the same connection again until it works (True) or the data plane dies."""
+        assert self.connection is not None
+        done = False
+        async with trio.open_nursery() as nursery:
+
+            async def request() -> None:
+                nonlocal done
+                while True:
+                    assert self.connection is not None
+                    try:
+                        self.connection = await self._request_once(self.connection)
+                        done = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    except TrionsmError:
+                        await trio.sleep(RETRY_INTERVAL)
+
+            async def watch() -> None:
+                while True:
+                    if not await self._alive():
+                        nursery.cancel_scope.cancel()
+                        return
+                    await trio.sleep(self._liveness_interval)
+
+            nursery.start_soon(request)
+            nursery.start_soon(watch)
+        return done
+
+    async def _reselect_path(self) -> None:
+        """Close the old path (best effort), then Request with RESELECT until one succeeds."""
+        assert self.connection is not None
         with trio.move_on_after(self._timeout), contextlib.suppress(TrionsmError):
             await self._client.network_service.close(
                 self.connection,
@@ -301,11 +396,9 @@ class ClientConnection:
         while True:
             try:
                 self.connection = await self._request_once(reselected)
-                break
+                return
             except TrionsmError:
                 await trio.sleep(RETRY_INTERVAL)
-        self.heals += 1
-        self._emit(EventKind.HEALED, f"reselected after: {reason}")
 
     async def close(self) -> None:
         """Close the connection through the whole path (best effort, bounded)."""
@@ -331,6 +424,10 @@ async def open_connection(
     connection_id: str | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     reselect: Callable[[Connection], Connection] = reselect_default,
+    liveness: LivenessCheck | None = None,
+    liveness_interval: float = DEFAULT_LIVENESS_INTERVAL,
+    liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+    close_on_exit: bool = True,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
     client: Client | None = None,
@@ -346,6 +443,12 @@ async def open_connection(
         connection_id: the first segment's id (default ``<name>-<n>``, as cmd-nsc does).
         request_timeout: how long the first Request is retried, and each Request's bound.
         reselect: how a heal changes the connection before requesting again.
+        liveness: the data-plane check (``async (connection) -> bool``); None: none, so every
+            heal reselects. (The kernel data plane's ICMP check plugs in here.)
+        liveness_interval: seconds between liveness checks.
+        liveness_timeout: seconds one check may take before it counts as dead.
+        close_on_exit: Close the connection when the block exits; False leaves it to expire
+            at every hop (a client that vanished).
         client: an open client to the nsmgr to share (many connections, one channel);
             default: a client of this connection's own.
         client_options: for ``open_client`` (``roundtrip_bytes``, ``ssl_context``...).
@@ -375,6 +478,9 @@ async def open_connection(
             clock=clock,
             request_timeout=request_timeout,
             reselect=reselect,
+            liveness=liveness,
+            liveness_interval=liveness_interval,
+            liveness_timeout=liveness_timeout,
         )
         await held.start()
         try:
@@ -385,5 +491,6 @@ async def open_connection(
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                await held.close()
+            if close_on_exit:
+                with trio.CancelScope(shield=True):
+                    await held.close()

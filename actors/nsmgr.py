@@ -9,10 +9,18 @@
     └── server          NetworkService + MonitorConnection + both registry APIs (+ Health)
 
 Per Request: find this node's forwarders (registered here as service ``forwarder``), keep those
-the network service's match metadata selects (default ``p2p=true``), prefer the one already on
-the path (sticky: it survives nsmgr restarts, and a reselect forgets it), and call them in turn
-until one answers. With no forwarder: Unavailable naming the node. Registrations from this node's
-endpoints and forwarders go upstream under the nsmgr's public URL (NSM's ``localbypass``).
+the network service's match metadata selects (default ``p2p=true``), prefer the one this
+connection used (remembered per connection, else the one named on the path, so it survives an
+nsmgr restart and a reselect keeps a forwarder that still works, as NSM's ``discoverforwarder``
+does) and call them in turn until one answers. A restarted nsmgr knows no local URL until its
+forwarders re-register (they do at once when their registry watch breaks); when the path names
+a forwarder the registry still lists under this nsmgr, the Request waits up to
+:data:`STICKY_GRACE` for it rather than moving the connection to another forwarder. With no
+forwarder: Unavailable naming the node. Registrations from this node's endpoints and forwarders
+go upstream under the nsmgr's public URL (NSM's ``localbypass``).
+
+After each successful Request the nsmgr watches the network service until the path's earliest
+expiry and closes the connection when its endpoint no longer matches (``_netsvcmonitor``).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
@@ -37,12 +45,17 @@ from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 from ._connection import NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
+from ._netsvcmonitor import watch_network_service
+from ._path import min_expires
 from ._role import find_endpoints, find_service, serve_connections, serve_peers, token_metadata
 from ._select import all_failed_error, drop_expired, prefer_named, select_forwarders
 from .forwarder import FORWARDER_SERVICE
 from .registry import serve_registry
 
-__all__ = ["Nsmgr", "NsmgrHandle", "serve_nsmgr"]
+__all__ = ["STICKY_GRACE", "Nsmgr", "NsmgrHandle", "serve_nsmgr"]
+
+STICKY_GRACE: Final = 5.0
+"""Seconds a Request waits for the path's forwarder to re-register at a restarted nsmgr."""
 
 
 class Nsmgr(ServerHop):
@@ -53,19 +66,24 @@ class Nsmgr(ServerHop):
         self.bypass: LocalBypass | None = None
         self.registry: Any = None  # the upstream registry client
 
-    async def _forwarders(self, connection: Connection, bound: float) -> list[Any]:
+    async def _forwarders(
+        self, connection: Connection, sticky: str | None, bound: float
+    ) -> list[Any]:
         bypass = self.bypass
         if bypass is None or self.registry is None:
             raise Unavailable("the nsmgr is starting", hop=self.name)
-        found = await find_endpoints(
-            self.registry,
-            NetworkServiceEndpoint(network_service_names=[FORWARDER_SERVICE]),
-            bound=bound,
+        query = NetworkServiceEndpoint(network_service_names=[FORWARDER_SERVICE])
+        found = drop_expired(
+            await find_endpoints(self.registry, query, bound=bound), self.clock.timestamp()
         )
+        ours = [f for f in found if f.url == bypass.public_url]
+        if sticky and any(f.name == sticky for f in ours) and bypass.local_url(sticky) is None:
+            # Registered here before this nsmgr (re)started: give it time to re-register.
+            await bypass.wait_local(sticky, min(STICKY_GRACE, bound / 2))
         local = []
-        for forwarder in drop_expired(found, self.clock.timestamp()):
+        for forwarder in ours:
             real = bypass.local_url(forwarder.name)
-            if real is not None and forwarder.url == bypass.public_url:
+            if real is not None:
                 local.append(dataclasses.replace(forwarder, url=real))
         if not local:
             raise Unavailable(
@@ -74,9 +92,10 @@ class Nsmgr(ServerHop):
                 service=connection.network_service,
             )
         ns = await find_service(self.registry, connection.network_service, bound=bound)
-        return select_forwarders(
+        chosen = select_forwarders(
             connection.network_service, connection.labels, ns, local, hop=self.name
         )
+        return prefer_named(chosen, sticky)
 
     async def forward(self, actor: ServerConnection, request: NetworkServiceRequest) -> Connection:
         connection = request.connection
@@ -86,8 +105,8 @@ class Nsmgr(ServerHop):
         segments = connection.path.path_segments
         sticky = actor.state.get("forwarder")
         if sticky is None and len(segments) > index + 1:
-            sticky = segments[index + 1].name  # the forwarder this path used before a restart
-        candidates = prefer_named(await self._forwarders(connection, actor.remaining()), sticky)
+            sticky = segments[index + 1].name  # the forwarder this path used (before a restart)
+        candidates = await self._forwarders(connection, sticky, actor.remaining())
         failures: list[tuple[str, BaseException]] = []
         for forwarder in candidates:
             try:
@@ -108,6 +127,35 @@ class Nsmgr(ServerHop):
             connection.network_service, failures, hop=self.name, kind="forwarder"
         )
 
+    def established(self, actor: ServerConnection) -> None:
+        """Watch the network service until the path's earliest expiry (``netsvcmonitor``)."""
+        previous = actor.state.pop("netsvcmonitor", None)
+        if previous is not None:
+            previous.cancel()
+        connection, request = actor.connection, actor.request
+        if connection is None or request is None or request.connection is None:
+            return
+        if self.registry is None or not connection.network_service_endpoint_name:
+            return
+        expires = min_expires(connection.path)
+        deadline = self.clock.deadline(expires) if expires is not None else float("inf")
+        scope = trio.CancelScope(deadline=deadline)
+        actor.state["netsvcmonitor"] = scope
+        watch = partial(
+            watch_network_service,
+            self.registry,
+            connection.network_service,
+            connection.network_service_endpoint_name,
+            dict(request.connection.labels),
+            close=actor.revoke,
+        )
+
+        async def run() -> None:
+            with scope:
+                await watch()
+
+        actor.nursery.start_soon(run)
+
     async def close_downstream(self, actor: ServerConnection) -> None:
         if actor.next is None or self.peers is None or actor.connection is None:
             return
@@ -118,6 +166,9 @@ class Nsmgr(ServerHop):
 
     def forget(self, actor: ServerConnection) -> None:
         actor.state.pop("forwarder", None)
+        monitor = actor.state.pop("netsvcmonitor", None)
+        if monitor is not None:
+            monitor.cancel()
 
 
 @attrs.frozen(eq=False)
