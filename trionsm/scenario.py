@@ -12,7 +12,13 @@ Each part is killable and restartable on the same URL, which is how the heal tes
 ...     await mesh.kill("nse-1")                                   # a crash: no unregister
 
 Killing a part cancels it abruptly (its registration stays until it expires, as after a real
-crash); :meth:`Mesh.restart` starts it again with the same name and URL.
+crash); :meth:`Mesh.restart` starts it again with the same name and URL. A network service is
+kept registered by a lease part (``ns:<name>``), so it survives a registry restart as an
+operator's re-applied resource would.
+
+Leaks: :meth:`Mesh.baseline` snapshots every role's supervision tree; :meth:`Mesh.leaks` then
+lists what is left behind (connections in a hop's monitor hub, connection actors, a tree that
+differs from its baseline), so a test ends with ``assert await mesh.leaks(baseline) == []``.
 """
 
 from __future__ import annotations
@@ -25,16 +31,19 @@ from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
+from trionsm.actors._connection import ServerHop
 from trionsm.actors.client import ClientConnection, open_connection
 from trionsm.actors.endpoint import serve_endpoint
 from trionsm.actors.forwarder import serve_forwarder
+from trionsm.actors.lease import serve_service_lease
 from trionsm.actors.nsmgr import serve_nsmgr
 from trionsm.actors.registry import serve_registry
 from trionsm.api.registry import NetworkService
-from trionsm.transport import open_client
+from trionsm.supervision import SupervisorTree
 
-__all__ = ["Mesh", "Part", "open_mesh"]
+__all__ = ["Mesh", "Part", "open_mesh", "tree_shape"]
 
 _meshes = itertools.count(1)
 
@@ -186,10 +195,73 @@ class Mesh:
         )
 
     async def register_service(self, service: str | NetworkService) -> NetworkService:
-        """Register a network service at the registry."""
+        """Register a network service at the registry and keep it registered (part ``ns:<name>``).
+
+        Registering a name again replaces the service (the registry's watchers see the update).
+        """
         ns = NetworkService(name=service) if isinstance(service, str) else service
-        async with open_client(self.registry_url) as client:
-            return await client.ns_registry.register(ns, timeout=5)
+        name = f"ns:{ns.name}"
+
+        async def start(*, task_status: trio.TaskStatus[Any]) -> None:
+            await serve_service_lease(
+                self.registry_url,
+                ns,
+                roundtrip_bytes=self._options["roundtrip_bytes"],
+                task_status=task_status,
+            )
+
+        old = self.parts.get(name)
+        if old is not None and old.running:
+            await self.kill(name)
+        lease = await self._add(name, start)
+        registered: NetworkService = lease.current
+        return registered
+
+    # -- leaks -----------------------------------------------------------------------------------
+
+    def hop(self, name: str) -> ServerHop | None:
+        """The connection logic of part ``name`` (nsmgr, forwarder or endpoint), else None."""
+        handle = self.parts[name].handle
+        for attribute in ("nsmgr", "forwarder", "endpoint"):
+            hop = getattr(handle, attribute, None)
+            if isinstance(hop, ServerHop):
+                return hop
+        return None
+
+    def baseline(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        """The supervision tree shape of every running role (compare with :meth:`leaks`)."""
+        return {
+            name: tree_shape(part.handle.supervisor.tree())
+            for name, part in self.parts.items()
+            if part.running and self.hop(name) is not None
+        }
+
+    async def leaks(
+        self, baseline: dict[str, tuple[tuple[str, str], ...]] | None = None
+    ) -> list[str]:
+        """What running roles still hold: connections, connection actors, grown trees.
+
+        First waits until every task of the run is blocked, so actors that are stopping (a
+        Close is answered before its actor has stopped) have stopped. A role's tree is compared
+        with ``baseline`` (its shape: every child's path and state); a role missing from it
+        (started later) must at least have no child under its connections supervisor.
+        """
+        await trio.testing.wait_all_tasks_blocked()
+        found = []
+        for name, part in self.parts.items():
+            hop = self.hop(name)
+            if hop is None or not part.running:
+                continue
+            if len(hop.hub):
+                found.append(f"{name}: {len(hop.hub)} connection(s) in its monitor hub")
+            if hop.connection_count:
+                found.append(f"{name}: {hop.connection_count} connection actor(s)")
+            shape = tree_shape(part.handle.supervisor.tree())
+            if baseline is not None and name in baseline and shape != baseline[name]:
+                found.append(f"{name}: supervision tree {shape} is not {baseline[name]}")
+            elif any(path.startswith(f"{name}/connections/") for path, _ in shape):
+                found.append(f"{name}: children left under its connections supervisor")
+        return found
 
     @asynccontextmanager
     async def connect(
@@ -203,6 +275,11 @@ class Mesh:
             **options,
         ) as connection:
             yield connection
+
+
+def tree_shape(tree: SupervisorTree) -> tuple[tuple[str, str], ...]:
+    """A tree's shape: each child's path and state (restart counts and exit reasons left out)."""
+    return tuple((path, node.state.value) for path, node in tree.walk())
 
 
 @asynccontextmanager
