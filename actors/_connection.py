@@ -13,7 +13,7 @@ the connection returned for it:
   does the hop's work (select the next hop and call it, or, at the endpoint, assign addresses);
   the reply goes back with this hop's id and index, ``UP``, and to this hop's monitor
   subscribers, and :meth:`ServerHop.established` starts the role's per-connection watches. A
-  first Request that fails leaves nothing behind.
+  first Request (or a reselect) that fails leaves nothing behind.
 * **Expiry**: the actor's expiry scope has the deadline ``previous segment expiry - request
   timeout``; each Request moves it; when it passes, the connection is closed downstream, as if
   the previous hop had sent Close (NSM's ``timeout``), so a client that vanished leaves nothing.
@@ -21,10 +21,11 @@ the connection returned for it:
   stream or a downstream DOWN/DELETE turns this connection ``DOWN`` for its own subscribers, so
   the NSC heals; a later ``UP`` downstream restores ``UP``. Events reach the actor through a
   small queue drained after every message, so a flood of them never blocks the peer's stream.
-  When a reselect lands on the same next hop again, the DELETE of the connection we just closed
-  there may arrive after our new Request succeeded: the watch is *fenced* until the next hop
-  shows the connection UP again, and ignores DELETE/DOWN meanwhile (a broken stream still
-  counts), so no stale DOWN reaches the NSC.
+  A DELETE or DOWN may be stale: when a reselect lands on the same next hop again, the DELETE
+  of the connection we just closed there can arrive after our new Request succeeded. So before
+  an UP connection turns DOWN on such an event, the actor asks the next hop for the
+  connection's state now (:meth:`Peers.current`) and ignores the event if it is UP there; a
+  broken stream, or a next hop that does not answer, counts at once.
 * **Close** (or expiry, or :meth:`ServerConnection.revoke` by the role): best-effort Close
   downstream, release what the hop holds, DELETE to the subscribers, and the actor stops.
 
@@ -82,6 +83,9 @@ DEFAULT_REQUEST_TIMEOUT = 15.0
 
 CLOSE_TIMEOUT = 5.0
 """Seconds a Close downstream may take (best effort: the downstream hop also expires)."""
+
+CONFIRM_TIMEOUT = 2.0
+"""Seconds the next hop may take to confirm a DELETE/DOWN (no answer: it is DOWN)."""
 
 
 @attrs.frozen
@@ -150,7 +154,6 @@ class ServerConnection(Actor):
             maxlen=MAX_QUEUED_EVENTS
         )
         self._nudged = False
-        self._fenced = False  # we closed the next hop's connection ourselves and re-request it
 
     async def init(self) -> None:
         self.nursery.start_soon(self._expire_at_deadline)
@@ -181,7 +184,7 @@ class ServerConnection(Actor):
             raise TypeError(f"unexpected message {message!r}")
         finally:
             self._nudged = False
-            self._downstream()
+            await self._downstream()
 
     def revoke(self, reason: str) -> None:
         """Close this connection from this hop (downstream and upstream see it closed)."""
@@ -195,20 +198,24 @@ class ServerConnection(Actor):
         self.index = incoming.path.index
         self.call_deadline = trio.current_time() + message.timeout
         if incoming.state is State.RESELECT_REQUESTED and self.connection is not None:
-            # NSM's begin: close the old connection downstream and start over as new. The
-            # watch on the next hop stays (fenced) in case the reselect lands there again.
+            # NSM's begin: close the old connection and go on as with a new one (until the
+            # new reply replaces it, the subscribers keep seeing the old one). The watch on
+            # the next hop stays, in case the reselect lands there again.
             self.hop.counts.close(self.id)
             await self._close_downstream(keep_watch=True)
             self.hop.release(self)
             self.hop.forget(self)
+            self.connection = None
         self.hop.counts.request(self.id)
         try:
             if self.hop.before_request is not None:
                 await self.hop.before_request(request)
             reply = await self.hop.forward(self, request)
         except TrionsmError:
-            if self.connection is None:
-                self.stop()  # a failed first Request leaves nothing behind
+            if self.connection is None:  # a failed first Request (or reselect): nothing left
+                self.hop.release(self)
+                self.hop.hub.delete(self.id)
+                self.stop()
             raise
         reply = restore_hop(reply, self.index, self.id)
         reply = dataclasses.replace(reply, state=State.UP)
@@ -232,7 +239,6 @@ class ServerConnection(Actor):
             self._watch.cancel()
             self._watch = None
         self.next = next_hop
-        self._fenced = False
         if next_hop is not None and self.hop.peers is not None:
             scope = trio.CancelScope()
             self._watch = scope
@@ -253,39 +259,45 @@ class ServerConnection(Actor):
             with self.hop.peers.watch(next_hop.url, next_hop.connection_id, listener):
                 await trio.sleep_forever()
 
-    def _downstream(self) -> None:
+    async def _downstream(self) -> None:
         """Apply the next hop's queued events to this connection's state (UP or DOWN).
 
-        Events of a watch we left are dropped. After we closed the next hop's connection
-        ourselves to re-request it (a reselect landing on the same next hop), its DELETE may
-        still be on the way: while fenced, only a lost stream or the peer's current state (an
-        initial snapshot, or an UP update) counts.
+        Events of a watch we left are dropped. Of a batch, the last verdict counts; a DOWN
+        that is not a broken stream is confirmed with the next hop first (module docstring).
         """
         while self._events:
-            watch, event = self._events.popleft()
-            if self.connection is None or watch is not self._watch:
-                continue  # closed, or an event about a next hop we left
-            up = event.connection is not None and event.connection.state is not State.DOWN
-            up = up and not event.deleted and not event.lost
-            if self._fenced:
+            verdict: State | None = None
+            confirm = False
+            while self._events:
+                watch, event = self._events.popleft()
+                if self.connection is None or watch is not self._watch:
+                    continue  # closed, or an event about a next hop we left
                 if event.lost:
-                    pass
-                elif up:
-                    self._fenced = False
+                    verdict, confirm = State.DOWN, False
+                elif event.connection is not None and event.connection.state is not State.DOWN:
+                    verdict, confirm = (State.DOWN, True) if event.deleted else (State.UP, False)
                 else:
-                    continue  # our own Close's DELETE, or a state from before our Request
-            state = State.UP if up else State.DOWN
-            if self.connection.state is not state:
-                self.connection = dataclasses.replace(self.connection, state=state)
+                    verdict, confirm = State.DOWN, True
+            if verdict is None or self.connection is None or self.next is None:
+                continue
+            if confirm and self.connection.state is State.UP and self.hop.peers is not None:
+                try:
+                    now = await self.hop.peers.current(
+                        self.next.url, self.next.connection_id, bound=CONFIRM_TIMEOUT
+                    )
+                except TrionsmError:
+                    now = None
+                if now is not None and now.state is not State.DOWN:
+                    continue  # a stale DELETE/DOWN: the next hop has it UP
+            if self.connection is not None and self.connection.state is not verdict:
+                self.connection = dataclasses.replace(self.connection, state=verdict)
                 self.hop.hub.update(self.connection)
 
     async def _close_downstream(self, *, keep_watch: bool = False) -> None:
         # Best effort: the next hop expires the connection anyway.
         with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(TrionsmError):
             await self.hop.close_downstream(self)
-        if keep_watch:
-            self._fenced = self._watch is not None
-        else:
+        if not keep_watch:
             self.follow(None)
 
     async def _close(self) -> None:
@@ -299,8 +311,8 @@ class ServerConnection(Actor):
 
     async def terminate(self, reason: BaseException | None) -> None:
         self.hop.forget_actor(self.id, self.ref)
-        if self.connection is not None:  # stopped by its supervisor, not closed
-            self.hop.release(self)
+        if self.connection is not None or self.hop.hub.get(self.id) is not None:
+            self.hop.release(self)  # stopped by its supervisor, not closed
             self.hop.hub.delete(self.id)
 
 

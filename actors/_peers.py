@@ -10,7 +10,8 @@ connection, and NSM users hit it), each peer gets ONE stream, scoped to connecti
 holds this role's segment name, and events are dispatched by the peer's connection id to the
 listener that registered it (:meth:`Peers.watch`). When the stream breaks, every listener of that
 peer is told (``lost``); the stream is re-opened with backoff while anyone listens, and the new
-INITIAL_STATE_TRANSFER tells listeners whose connection the peer no longer has.
+INITIAL_STATE_TRANSFER tells each listener the peer's current state (absent: ``deleted``).
+:meth:`Peers.current` asks a peer for one connection's state now, with a short call of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from trionsm.api.connection import (
     MonitorScopeSelector,
     PathSegment,
 )
-from trionsm.errors import TrionsmError
+from trionsm.errors import TrionsmError, Unavailable
 from trionsm.transport import Client, open_client
 
 __all__ = ["PeerEvent", "Peers"]
@@ -109,6 +110,24 @@ class Peers:
             self._clients.pop(url, None)
 
     # -- monitoring ------------------------------------------------------------------------------
+
+    async def current(self, url: str, connection_id: str, *, bound: float) -> Connection | None:
+        """The peer's view of ``connection_id`` right now (None: it has no such connection).
+
+        One short MonitorConnections call scoped to that id, read up to its initial state: an
+        answer newer than any event already on the way (a multiplexed stream may still carry
+        events from before a Request that just succeeded).
+
+        Raises:
+            TrionsmError: the peer did not answer within ``bound`` seconds (or at all).
+        """
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=connection_id)])
+        client = await self.client(url)
+        stream = client.monitor_connection.monitor_connections(selector, timeout=bound)
+        async with stream as events:
+            async for event in events:
+                return event.connections.get(connection_id)
+        raise Unavailable("the peer ended its monitor stream before its state", hop=self._name)
 
     @contextmanager
     def watch(self, url: str, connection_id: str, listener: Listener) -> Iterator[None]:

@@ -151,6 +151,7 @@ class ClientConnection:
         requests: successful Requests so far (first, refreshes and heals).
         heals: completed heals (reselects and re-requests).
         reselects: the heals that reselected.
+        closes: Closes sent (one before each reselect, one when the block exits).
     """
 
     def __init__(
@@ -181,6 +182,7 @@ class ClientConnection:
         self.requests = 0
         self.heals = 0
         self.reselects = 0
+        self.closes = 0
         self._history: list[ConnectionEvent] = []
         self._changed = trio.Event()
 
@@ -386,12 +388,7 @@ class ClientConnection:
     async def _reselect_path(self) -> None:
         """Close the old path (best effort), then Request with RESELECT until one succeeds."""
         assert self.connection is not None
-        with trio.move_on_after(self._timeout), contextlib.suppress(TrionsmError):
-            await self._client.network_service.close(
-                self.connection,
-                timeout=self._timeout,
-                metadata=client_metadata(self._tokens.issue()),
-            )
+        await self._close_path()
         reselected = self._reselect(self.connection)
         while True:
             try:
@@ -400,16 +397,22 @@ class ClientConnection:
             except TrionsmError:
                 await trio.sleep(RETRY_INTERVAL)
 
-    async def close(self) -> None:
-        """Close the connection through the whole path (best effort, bounded)."""
-        if self.connection is None:
-            return
+    async def _close_path(self) -> None:
+        """Close the connection through the path (best effort, bounded by the request timeout)."""
+        assert self.connection is not None
+        self.closes += 1
         with trio.move_on_after(self._timeout), contextlib.suppress(TrionsmError):
             await self._client.network_service.close(
                 self.connection,
                 timeout=self._timeout,
                 metadata=client_metadata(self._tokens.issue()),
             )
+
+    async def close(self) -> None:
+        """Close the connection through the whole path (best effort, bounded)."""
+        if self.connection is None:
+            return
+        await self._close_path()
         self.connection = None
         self._emit(EventKind.CLOSED)
 
