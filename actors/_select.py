@@ -487,9 +487,11 @@ def all_failed_error(
         (only,) = classes
         if issubclass(only, TrionsmError):
             cls = only
-    listed = "; ".join(
-        f"{name}: {_short(str(error), 300)}" for name, error in failures[:_MAX_SHOWN]
-    )
+    # Each candidate's error gets an equal share of the room, so the nested errors of a path
+    # (nsmgr -> forwarder -> remote nsmgr -> ...) still name every candidate and its reason.
+    shown = failures[:_MAX_SHOWN]
+    share = max(300, (_MAX_REASON - 200) // max(len(shown), 1))
+    listed = "; ".join(f"{name}: {_short(str(error), share)}" for name, error in shown)
     more = f"; and {len(failures) - _MAX_SHOWN} more" if len(failures) > _MAX_SHOWN else ""
     reason = f"all {len(failures)} {kind} candidate(s) failed: {listed}{more}"
     return cls(_short(reason, _MAX_REASON), hop=hop, service=service)
