@@ -388,6 +388,38 @@ async def test_nsmgr_refresh_failed_data_plane_broken(autojump_clock: object) ->
         assert await mesh.leaks(baseline) == []
 
 
+@pytest.mark.slow  # 2,400 refresh attempts, each through the whole path
+async def test_nsmgr_refresh_failed_without_liveness_heals_before_the_tokens_run_out(
+    autojump_clock: object,
+) -> None:
+    """No liveness check: the refresh keeps failing (retried every 200 ms); the nsmgr closes
+    the connection at its caller's token expiry less the request timeout, and the client,
+    seeing it closed, reselects nse-2 before its own tokens run out."""
+    async with open_mesh() as mesh:
+        await mesh.register_service("heal")
+        await mesh.add_endpoint("nse-1", "heal", cidr="169.254.1.0/24")
+        baseline = mesh.baseline()
+        nse1 = mesh.hop("nse-1")
+        assert nse1 is not None
+
+        async def once(request: NetworkServiceRequest) -> None:
+            if nse1.counts.requests > 1:
+                raise ResourceExhausted("nse-1 takes one Request only", hop="nse-1")
+
+        nse1.before_request = once
+        with trio.fail_after(TOKEN_LIFETIME * 2):
+            async with mesh.connect("noop://heal/nsm-1") as conn:
+                connected = conn.history[0].at
+                await mesh.add_endpoint("nse-2", "heal", cidr="169.254.2.0/24")
+                down = await conn.wait_for(EventKind.DOWN)
+                assert "closed" in down.reason
+                assert TOKEN_LIFETIME - 30.0 < down.at - connected < TOKEN_LIFETIME
+                assert nse1.counts.requests > 100  # a refresh attempt every 200 ms
+                await conn.wait_for(EventKind.HEALED)
+                assert names(conn)[-1] == "nse-2"
+        assert await mesh.leaks(baseline) == []
+
+
 async def test_nsmgr_refresh_failed_control_plane_broken(autojump_clock: object) -> None:
     """The forwarder dies while a refresh is under way: the connection is restored through a
     new forwarder and the endpoint sees 2 Requests in all; Close works."""
