@@ -4,8 +4,9 @@ Theory of operation. After every successful Request the nsmgr watches the connec
 service (Find with ``watch=true``) until the path's earliest expiry (a refresh starts a new
 watch). Each version of the service that arrives (the current one first, then every change) is
 matched again against the selected endpoint as the registry has it now, with the request's
-labels (:func:`still_matches`, NSM's ``MatchEndpoint``). When it no longer matches, the
-connection is closed once: the NSC sees the DELETE and heals onto an endpoint that matches.
+labels (:func:`still_matches`, NSM's ``MatchEndpoint``; a service without matches accepts every
+endpoint, so the look-up is skipped). When it no longer matches, the connection is closed once:
+the NSC sees the DELETE and heals onto an endpoint that matches.
 
 A broken watch is reopened every :data:`RETRY_INTERVAL` (a registry restart must not close
 connections); an endpoint the registry does not list (expired, not yet re-registered) is not a
@@ -70,6 +71,8 @@ async def watch_network_service(
                     ns = response.network_service
                     if ns is None or response.deleted or ns.name != service:
                         continue
+                    if not ns.matches:
+                        continue  # no matches: every endpoint of the service matches
                     found = await find_endpoints(registry, wanted, bound=FIND_TIMEOUT)
                     found = [nse for nse in found if nse.name == endpoint]
                     if found and not still_matches(labels, ns, found):
