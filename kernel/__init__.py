@@ -5,9 +5,17 @@ Map:
 * :func:`resolve_namespace` turns NSM's ``inodeURL`` (``file:///proc/<pid>/ns/net``,
   ``file:///run/netns/<name>``, ``inode://<dev>/<ino>``) into a :class:`Namespace`;
   :func:`inode_url` names a namespace file as ``inode://<dev>/<ino>``.
+* :func:`create_kernel_wire` makes a connection's veth pair between the client's and the
+  endpoint's namespace (names, alias ``trionsm:<connection id>``, MTU, addresses, routes,
+  neighbours, policy routes) and returns a :class:`KernelWire` of two :class:`WireEnd`;
+  :func:`remove_wire` deletes a connection's interfaces by alias; :func:`list_wires` lists the
+  :class:`WireInterface` carrying our aliases, for reconcile.
+* :func:`ping` and :func:`check_liveness`: ICMP echo from inside a namespace (NSM's kernel
+  liveness check: every src/dst pair, ``LIVENESS_PACKETS`` echoes over ``LIVENESS_TIMEOUT``).
 * :class:`Netlink`, from :func:`open_netlink` (owned, closed on exit) or :func:`current_netlink`
-  (this run's shared one): the executor all kernel work goes through, with capacities in
-  :class:`NetlinkLimits` per :class:`Lane` and :class:`NetlinkStatistics`.
+  (this run's shared one, the default everywhere): the executor every call above goes through,
+  with capacities in :class:`NetlinkLimits` per :class:`Lane` and :class:`NetlinkStatistics`.
+* :func:`plan_wire` checks a wire's input without touching the kernel (:class:`WirePlan`).
 
 Guarantees:
 
@@ -15,24 +23,49 @@ Guarantees:
   per namespace and concurrent job, each entered once with setns(2) and retired after
   ``idle_timeout`` of quiet); no code here enters a namespace in the Trio thread or in Trio's
   worker threads, and no asyncio loop is involved on the Trio side.
-* Creations (``SETUP``), removals (``TEARDOWN``) and probes (``PROBE``) have separate
-  capacities, so a request never queues behind a backlog of teardowns.
-* Failures are :mod:`trionsm.errors` classes naming the hop, the namespace and the cause.
+* Kernel work for different connections runs concurrently; creations (``SETUP``), removals
+  (``TEARDOWN``) and pings (``PROBE``) have separate capacities, so a request never queues behind
+  a backlog of teardowns.
+* Every interface we create carries the alias ``trionsm:<connection id>``; a failed or cancelled
+  :func:`create_kernel_wire` leaves nothing behind.
+* Failures are :mod:`trionsm.errors` classes naming the hop, the namespace, the interface and the
+  cause: InvalidArgument (bad input, before any change), NotFound and PermissionDenied
+  (namespaces), AlreadyExists (a taken name or address).
+* Calls are cancellable; a kernel step that has started runs to its end first.
 """
 
 from __future__ import annotations
 
 from ._netlink import Lane, Netlink, NetlinkLimits, NetlinkStatistics, current_netlink, open_netlink
 from ._netns import Namespace, inode_url, resolve_namespace
+from ._ping import LIVENESS_INTERVAL, LIVENESS_PACKETS, LIVENESS_TIMEOUT, check_liveness, ping
+from ._veth import KernelWire, WireEnd, WireInterface, create_kernel_wire, list_wires, remove_wire
+from ._wireplan import ALIAS_PREFIX, DEFAULT_CLIENT_IFNAME, IFNAME_MAX, WirePlan, plan_wire
 
 __all__ = [
+    "ALIAS_PREFIX",
+    "DEFAULT_CLIENT_IFNAME",
+    "IFNAME_MAX",
+    "LIVENESS_INTERVAL",
+    "LIVENESS_PACKETS",
+    "LIVENESS_TIMEOUT",
+    "KernelWire",
     "Lane",
     "Namespace",
     "Netlink",
     "NetlinkLimits",
     "NetlinkStatistics",
+    "WireEnd",
+    "WireInterface",
+    "WirePlan",
+    "check_liveness",
+    "create_kernel_wire",
     "current_netlink",
     "inode_url",
+    "list_wires",
     "open_netlink",
+    "ping",
+    "plan_wire",
+    "remove_wire",
     "resolve_namespace",
 ]
