@@ -27,59 +27,30 @@ translated at the boundary into :mod:`trionsm.errors` with the hop and the step 
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import errno
 import itertools
-import os
-import queue
 import socket
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import attrs
-import outcome
 import trio
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
-from trionsm.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    TrionsmError,
-    Unavailable,
-)
+from trionsm.errors import TrionsmError, Unavailable
 
-from ._netns import Namespace, enter_namespace_in_this_thread
+from ._handles import Handle, KernelFailure, Lane, Pool, Worker, call_on, step
+from ._netns import Namespace
 
 __all__ = [
-    "Handle",
-    "KernelFailure",
     "Lane",
     "Netlink",
     "NetlinkLimits",
     "NetlinkStatistics",
     "current_netlink",
     "open_netlink",
-    "step",
 ]
 
 T = TypeVar("T")
-
-
-class Lane(enum.Enum):
-    """Which queue a job waits in: each lane has its own capacity."""
-
-    SETUP = "setup"
-    TEARDOWN = "teardown"
-    PROBE = "probe"
 
 
 @attrs.frozen
@@ -116,143 +87,6 @@ class NetlinkStatistics:
     jobs: int
 
 
-class KernelFailure(Exception):
-    """A kernel call failed inside a job: ``code`` is the errno, ``what`` the step that failed."""
-
-    def __init__(self, code: int, what: str) -> None:
-        self.code = code
-        self.what = what
-        super().__init__(code, what)
-
-    def typed(self, hop: str | None) -> TrionsmError:
-        """The :mod:`trionsm.errors` class for the errno, naming the step and the cause."""
-        name = errno.errorcode.get(self.code, str(self.code))
-        reason = f"{self.what}: {os.strerror(self.code)} ({name})"
-        return _ERRNO_CLASSES.get(self.code, Internal)(reason, hop=hop)
-
-
-_ERRNO_CLASSES: dict[int, type[TrionsmError]] = {
-    errno.EEXIST: AlreadyExists,
-    errno.EADDRINUSE: AlreadyExists,
-    errno.ENOENT: NotFound,
-    errno.ENODEV: NotFound,
-    errno.ESRCH: NotFound,
-    errno.ENXIO: NotFound,
-    errno.EPERM: PermissionDenied,
-    errno.EACCES: PermissionDenied,
-    errno.EINVAL: InvalidArgument,
-    errno.ERANGE: InvalidArgument,
-    errno.EADDRNOTAVAIL: InvalidArgument,
-    errno.ENETUNREACH: InvalidArgument,
-    errno.EAFNOSUPPORT: InvalidArgument,
-    errno.EOPNOTSUPP: InvalidArgument,
-    errno.EBUSY: FailedPrecondition,
-    errno.ENOBUFS: ResourceExhausted,
-    errno.ENOMEM: ResourceExhausted,
-    errno.ENOSPC: ResourceExhausted,
-}
-
-
-@contextmanager
-def step(what: str) -> Iterator[None]:
-    """Inside a job: turn a netlink or OS error in the block into a :class:`KernelFailure`."""
-    try:
-        yield
-    except NetlinkError as exc:
-        raise KernelFailure(exc.code, what) from exc
-    except OSError as exc:
-        raise KernelFailure(exc.errno or errno.EIO, what) from exc
-
-
-@attrs.frozen
-class Handle:
-    """What a job receives. Valid only inside the job, on the handle's own thread.
-
-    Attributes:
-        namespace: the namespace the thread sits in.
-        ipr: a pyroute2 ``IPRoute`` bound to that namespace (never leaves kernel/).
-        lock: one lock per namespace, for check-then-act sequences (an address not yet in use,
-            a free routing table) that other handles of the same namespace could race with.
-    """
-
-    namespace: Namespace
-    ipr: Any
-    lock: threading.Lock
-
-
-class _Pool:
-    """The handles of one namespace. ``lock`` guards ``idle``/``size`` (handle threads retire
-    themselves); the limiters are used from the Trio thread only."""
-
-    def __init__(self, namespace: Namespace, limits: NetlinkLimits) -> None:
-        self.namespace = namespace
-        self.lock = threading.Lock()
-        self.kernel_lock = threading.Lock()
-        self.idle: list[_Worker] = []
-        self.size = 0
-        self.limiters = {lane: trio.CapacityLimiter(limits.per_namespace(lane)) for lane in Lane}
-
-    def in_use(self) -> bool:
-        busy = any(
-            limiter.borrowed_tokens or limiter.statistics().tasks_waiting
-            for limiter in self.limiters.values()
-        )
-        return busy or self.size > 0
-
-
-class _Worker:
-    """One handle: a dedicated thread running queued jobs in one namespace, retiring when idle."""
-
-    def __init__(self, pool: _Pool, idle_timeout: float) -> None:
-        self.pool = pool
-        self.busy = True  # made for a caller; set under pool.lock
-        self.handle: Handle | None = None
-        self._idle_timeout = idle_timeout
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(
-            target=self._main, name=f"trionsm-netns-{pool.namespace.ino}", daemon=True
-        )
-        self.thread.start()
-
-    def enter(self, namespace: Namespace, hop: str | None) -> None:
-        """First job of every worker: move into the namespace, open the netlink socket there."""
-        enter_namespace_in_this_thread(namespace, hop=hop)
-        with step(f"opening a netlink socket in {namespace.url}"):
-            ipr = IPRoute()
-        self.handle = Handle(namespace=namespace, ipr=ipr, lock=self.pool.kernel_lock)
-
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-
-    def _main(self) -> None:
-        try:
-            while True:
-                try:
-                    job = self._jobs.get(timeout=self._idle_timeout)
-                except queue.Empty:
-                    if self._retire_if_idle():
-                        return
-                    continue
-                if job is None:
-                    return
-                job()
-        finally:
-            if self.handle is not None:
-                self.handle.ipr.close()
-
-    def _retire_if_idle(self) -> bool:
-        with self.pool.lock:
-            if self.busy or not self._jobs.empty():
-                return False
-            if self in self.pool.idle:  # else forget() or aclose() took it and counted it out
-                self.pool.idle.remove(self)
-                self.pool.size -= 1
-            return True
-
-
 class Netlink:
     """The executor: made by :func:`open_netlink` (or :func:`current_netlink`), used from one Trio
     run. Jobs run at most ``limits.total(lane)`` at once per lane and
@@ -261,7 +95,7 @@ class Netlink:
 
     def __init__(self, limits: NetlinkLimits) -> None:
         self.limits = limits
-        self._pools: dict[tuple[int, int], _Pool] = {}
+        self._pools: dict[tuple[int, int], Pool] = {}
         self._limiters = {lane: trio.CapacityLimiter(limits.total(lane)) for lane in Lane}
         self._calls = itertools.count()
         self._jobs = 0
@@ -300,7 +134,7 @@ class Netlink:
                 try:
                     handle = worker.handle
                     assert handle is not None
-                    result = await _call(worker, lambda: job(handle))
+                    result = await call_on(worker, lambda: job(handle))
                     healthy = True
                     return result
                 except (KernelFailure, TrionsmError):
@@ -354,7 +188,7 @@ class Netlink:
         """
         self._closed = True
         await self._quiet.wait()
-        workers: list[_Worker] = []
+        workers: list[Worker] = []
         for pool in self._pools.values():
             with pool.lock:
                 workers += pool.idle
@@ -365,16 +199,18 @@ class Netlink:
         for worker in workers:
             await trio.to_thread.run_sync(worker.thread.join)
 
-    def _pool_for(self, namespace: Namespace) -> _Pool:
+    def _pool_for(self, namespace: Namespace) -> Pool:
         if next(self._calls) % 64 == 63:  # drop pools of namespaces nobody used lately
             for key in [key for key, pool in self._pools.items() if not pool.in_use()]:
                 del self._pools[key]
         pool = self._pools.get(namespace.key)
         if pool is None:
-            pool = self._pools[namespace.key] = _Pool(namespace, self.limits)
+            pool = self._pools[namespace.key] = Pool(
+                namespace, {lane: self.limits.per_namespace(lane) for lane in Lane}
+            )
         return pool
 
-    async def _checkout(self, pool: _Pool, namespace: Namespace, hop: str | None) -> _Worker:
+    async def _checkout(self, pool: Pool, namespace: Namespace, hop: str | None) -> Worker:
         with pool.lock:
             if pool.idle:
                 worker = pool.idle.pop()
@@ -382,19 +218,19 @@ class Netlink:
                 return worker
             pool.size += 1
         try:
-            worker = _Worker(pool, self.limits.idle_timeout)
+            worker = Worker(pool, self.limits.idle_timeout)
         except BaseException:
             with pool.lock:
                 pool.size -= 1
             raise
         try:
-            await _call(worker, lambda: worker.enter(namespace, hop))
+            await call_on(worker, lambda: worker.enter(namespace, hop))
         except BaseException:
             self._checkin(worker, healthy=False)
             raise
         return worker
 
-    def _checkin(self, worker: _Worker, *, healthy: bool) -> None:
+    def _checkin(self, worker: Worker, *, healthy: bool) -> None:
         pool = worker.pool
         with pool.lock:
             worker.busy = False
@@ -403,27 +239,6 @@ class Netlink:
                 return
             pool.size -= 1
         worker.stop()  # a handle whose job failed unexpectedly is never reused
-
-
-async def _call(worker: _Worker, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on ``worker``'s thread; wait for it without abandoning it."""
-    token = trio.lowlevel.current_trio_token()
-    done = trio.Event()
-    box: list[outcome.Outcome[T]] = []
-
-    def deliver(result: outcome.Outcome[T]) -> None:
-        box.append(result)
-        done.set()
-
-    def job() -> None:
-        result = outcome.capture(fn)
-        with contextlib.suppress(trio.RunFinishedError):  # cannot end while we wait
-            token.run_sync_soon(deliver, result)
-
-    worker.submit(job)
-    with trio.CancelScope(shield=True):
-        await done.wait()
-    return box[0].unwrap()
 
 
 _DEFAULT: trio.lowlevel.RunVar[Netlink] = trio.lowlevel.RunVar("trionsm_netlink")

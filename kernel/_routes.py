@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ._netlink import step
+from ._handles import step
 from ._netns import Namespace
 from ._wireplan import PolicyPlan, RoutePlan
 

@@ -32,7 +32,8 @@ import trio
 from trionsm.api.connectioncontext import IpContext
 from trionsm.errors import NotFound, TrionsmError
 
-from ._netlink import Handle, KernelFailure, Lane, Netlink, current_netlink, step
+from ._handles import Handle, KernelFailure, Lane, step
+from ._netlink import Netlink, current_netlink
 from ._netns import Namespace, open_namespace, resolve_namespace
 from ._routes import add_policy, add_route, remove_orphan_rules, remove_policies, unless
 from ._wireplan import ALIAS_PREFIX, SidePlan, alias_for, plan_wire

@@ -11,7 +11,7 @@ import trio.testing
 
 from trionsm.errors import NotFound, Unavailable
 from trionsm.kernel import Lane, Namespace, NetlinkLimits, open_netlink, resolve_namespace
-from trionsm.kernel._netlink import Handle, step
+from trionsm.kernel._handles import Handle, step
 
 from .conftest import Host
 
