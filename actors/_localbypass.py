@@ -87,10 +87,20 @@ class LocalBypass:
                 hop=self.hop,
             )
         outward = dataclasses.replace(request, url=self.public_url)
-        stored = await self._upstream.nse_registry.register(
-            outward, timeout=_timeout(ctx), metadata=dict(ctx.metadata)
-        )
+        # Known locally before upstream stores it: watchers see the entry the moment it lands,
+        # and must already be able to map it back to its real URL.
+        previous = self._local.get(request.name)
         self._local[request.name] = request.url
+        try:
+            stored = await self._upstream.nse_registry.register(
+                outward, timeout=_timeout(ctx), metadata=dict(ctx.metadata)
+            )
+        except BaseException:
+            if previous is None:
+                self._local.pop(request.name, None)
+            else:
+                self._local[request.name] = previous
+            raise
         self._registered.set()
         self._registered = trio.Event()
         return dataclasses.replace(stored, url=request.url)

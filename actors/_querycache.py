@@ -56,54 +56,61 @@ class QueryCache:
         self._bound = bound
         self._endpoints: dict[bytes, _Query[NetworkServiceEndpoint]] = {}
         self._services: dict[str, _Query[NetworkService]] = {}
+        self._filling: dict[Any, trio.Event] = {}
         self.hits = 0
         self.misses = 0
 
     async def endpoints(self, query: NetworkServiceEndpoint) -> list[NetworkServiceEndpoint]:
         """The registered endpoints matching ``query`` (cached after the first call)."""
-        key = bytes(query)
-        cached = self._endpoints.get(key)
-        if cached is None:
-            self.misses += 1
-            cached = await self._fill(
-                self._endpoints, key, lambda: self._find_endpoints(query, watch=False)
-            )
-            self._nursery.start_soon(
-                self._follow, self._endpoints, key, cached, partial_endpoints(self, query)
-            )
-        else:
-            self.hits += 1
-        cached.used = trio.current_time()
+        cached = await self._get(
+            self._endpoints,
+            bytes(query),
+            lambda: self._find_endpoints(query, watch=False),
+            partial_endpoints(self, query),
+        )
         return list(cached.entries.values())
 
     async def service(self, name: str) -> NetworkService | None:
         """The registered network service ``name`` (cached after the first call), or None."""
-        cached = self._services.get(name)
-        if cached is None:
-            self.misses += 1
-            cached = await self._fill(
-                self._services, name, lambda: self._find_services(name, watch=False)
-            )
-            self._nursery.start_soon(
-                self._follow, self._services, name, cached, partial_services(self, name)
-            )
-        else:
-            self.hits += 1
-        cached.used = trio.current_time()
+        cached = await self._get(
+            self._services,
+            name,
+            lambda: self._find_services(name, watch=False),
+            partial_services(self, name),
+        )
         return cached.entries.get(name)
 
-    async def _fill(
+    async def _get(
         self,
         table: dict[Any, _Query[Any]],
         key: Any,
         find: Callable[[], Awaitable[list[tuple[str, Any, bool]]]],
+        watch: Callable[[_Query[Any]], Awaitable[None]],
     ) -> _Query[Any]:
-        query: _Query[Any] = _Query()
-        for name, value, deleted in await find():
-            if not deleted:
-                query.entries[name] = value
-        table.setdefault(key, query)
-        return table[key]
+        """The cached query ``key``; on a miss one caller Finds while the others wait for it."""
+        while True:
+            cached = table.get(key)
+            if cached is not None:
+                self.hits += 1
+                cached.used = trio.current_time()
+                return cached
+            filling = self._filling.get(key)
+            if filling is None:
+                break
+            await filling.wait()  # another caller is asking the registry: share its answer
+        self.misses += 1
+        self._filling[key] = filling = trio.Event()
+        try:
+            query: _Query[Any] = _Query()
+            for name, value, deleted in await find():
+                if not deleted:
+                    query.entries[name] = value
+            table[key] = query
+            self._nursery.start_soon(self._follow, table, key, query, watch)
+            return query
+        finally:
+            del self._filling[key]
+            filling.set()
 
     async def _follow(
         self,

@@ -25,8 +25,16 @@ from trionsm.transport import Client
 
 from ._connection import ServerHop
 from ._peers import Peers
+from ._querycache import QueryCache
 
-__all__ = ["find_endpoints", "find_service", "serve_connections", "serve_peers", "token_metadata"]
+__all__ = [
+    "Discovery",
+    "find_endpoints",
+    "find_service",
+    "serve_connections",
+    "serve_peers",
+    "token_metadata",
+]
 
 CONNECTION_INTENSITY = 100
 """Restarts the connection supervisor tolerates per second (its children are TEMPORARY)."""
@@ -66,6 +74,33 @@ async def serve_peers(
 def token_metadata(hop: ServerHop) -> dict[str, str]:
     """NSM's per-RPC token metadata for a call from ``hop`` to its next hop."""
     return client_metadata(hop.tokens.issue())
+
+
+class Discovery:
+    """Registry look-ups for a role: from a :class:`QueryCache` once started, else direct."""
+
+    def __init__(self) -> None:
+        self.client: Client | None = None
+        self.cache: QueryCache | None = None
+
+    def start(self, nursery: trio.Nursery, client: Client) -> None:
+        """Use ``client`` (the registry or the nsmgr's front), cached in ``nursery``."""
+        self.client = client
+        self.cache = QueryCache(nursery, client)
+
+    async def service(self, name: str, *, bound: float) -> NetworkService | None:
+        if self.cache is not None:
+            return await self.cache.service(name)
+        assert self.client is not None
+        return await find_service(self.client, name, bound=bound)
+
+    async def endpoints(
+        self, query: NetworkServiceEndpoint, *, bound: float
+    ) -> list[NetworkServiceEndpoint]:
+        if self.cache is not None:
+            return await self.cache.endpoints(query)
+        assert self.client is not None
+        return await find_endpoints(self.client, query, bound=bound)
 
 
 async def find_service(client: Client, name: str, *, bound: float) -> NetworkService | None:

@@ -40,7 +40,7 @@ from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 from ._connection import NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._mechanisms import LOCAL, NOOP, REMOTE, is_local_url, negotiate, noop_mechanism
-from ._role import find_endpoints, find_service, serve_connections, serve_peers, token_metadata
+from ._role import Discovery, serve_connections, serve_peers, token_metadata
 from ._select import RoundRobin, all_failed_error, drop_expired, select_endpoints
 from .lease import Lease, serve_lease
 
@@ -78,6 +78,7 @@ class Forwarder(ServerHop):
         self.mechanisms = tuple(mechanisms)
         self.round_robin = RoundRobin()
         self.registry: Any = None  # a Client to the nsmgr's registry front
+        self.discovery = Discovery()  # cached look-ups through it
         self._remote = remote or (lambda url: not is_local_url(url))
 
     def _outgoing_preferences(self, url: str) -> list[Mechanism]:
@@ -90,8 +91,7 @@ class Forwarder(ServerHop):
             raise NotFound("the forwarder has no registry yet", hop=self.name, service=service)
         now = self.clock.timestamp()
         if connection.network_service_endpoint_name:
-            named = await find_endpoints(
-                self.registry,
+            named = await self.discovery.endpoints(
                 NetworkServiceEndpoint(name=connection.network_service_endpoint_name),
                 bound=bound,
             )
@@ -104,13 +104,13 @@ class Forwarder(ServerHop):
                 hop=self.name,
                 service=service,
             )
-        ns = await find_service(self.registry, service, bound=bound)
+        ns = await self.discovery.service(service, bound=bound)
         if ns is None:
             raise NotFound(
                 f"network service {service!r} is not registered", hop=self.name, service=service
             )
-        endpoints = await find_endpoints(
-            self.registry, NetworkServiceEndpoint(network_service_names=[service]), bound=bound
+        endpoints = await self.discovery.endpoints(
+            NetworkServiceEndpoint(network_service_names=[service]), bound=bound
         )
         endpoints = drop_expired(endpoints, now)
         chosen = select_endpoints(service, connection.labels, ns, endpoints, hop=self.name)
@@ -236,6 +236,7 @@ async def serve_forwarder(
         assert forwarder.peers is not None
         forwarder.registry = await forwarder.peers.client(nsmgr)
         async with trio.open_nursery() as nursery:
+            forwarder.discovery.start(nursery, forwarder.registry)
             server = await nursery.start(
                 partial(serve, url, handlers, hop=name, **transport_options)
             )

@@ -47,7 +47,7 @@ from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
 from ._netsvcmonitor import watch_network_service
 from ._path import min_expires
-from ._role import find_endpoints, find_service, serve_connections, serve_peers, token_metadata
+from ._role import Discovery, serve_connections, serve_peers, token_metadata
 from ._select import all_failed_error, drop_expired, prefer_named, select_forwarders
 from .forwarder import FORWARDER_SERVICE
 from .registry import serve_registry
@@ -65,6 +65,7 @@ class Nsmgr(ServerHop):
         super().__init__(name, tokens, clock=clock)
         self.bypass: LocalBypass | None = None
         self.registry: Any = None  # the upstream registry client
+        self.discovery = Discovery()  # cached look-ups through it
 
     async def _forwarders(
         self, connection: Connection, sticky: str | None, bound: float
@@ -74,7 +75,7 @@ class Nsmgr(ServerHop):
             raise Unavailable("the nsmgr is starting", hop=self.name)
         query = NetworkServiceEndpoint(network_service_names=[FORWARDER_SERVICE])
         found = drop_expired(
-            await find_endpoints(self.registry, query, bound=bound), self.clock.timestamp()
+            await self.discovery.endpoints(query, bound=bound), self.clock.timestamp()
         )
         ours = [f for f in found if f.url == bypass.public_url]
         if sticky and any(f.name == sticky for f in ours) and bypass.local_url(sticky) is None:
@@ -91,7 +92,7 @@ class Nsmgr(ServerHop):
                 hop=self.name,
                 service=connection.network_service,
             )
-        ns = await find_service(self.registry, connection.network_service, bound=bound)
+        ns = await self.discovery.service(connection.network_service, bound=bound)
         chosen = select_forwarders(
             connection.network_service, connection.labels, ns, local, hop=self.name
         )
@@ -231,6 +232,7 @@ async def serve_nsmgr(
         assert upstream["url"] is not None
         nsmgr.registry = await nsmgr.peers.client(upstream["url"])
         async with trio.open_nursery() as nursery:
+            nsmgr.discovery.start(nursery, nsmgr.registry)
             handlers: dict[Any, Any] = {
                 NETWORK_SERVICE: nsmgr,
                 MONITOR_CONNECTION: nsmgr,
