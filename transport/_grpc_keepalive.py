@@ -18,10 +18,12 @@ stream on it). So the timer here only starts a decision, which is queued behind 
 over (a read woken while the first pass waited gets its turn before the second), and made there:
 
 * something arrived from the peer since the window started: it is alive; wait again;
-* bytes from the peer wait unread in the socket (``FIONREAD``), the decision itself came late
-  (our loop is behind by more than a quarter of the timeout) or the timer fired late (the
-  process was starved of CPU): we are behind and cannot tell, so wait again, but at most
-  :data:`MAX_STARVED_WINDOWS` windows in a row without hearing anything;
+* bytes from the peer wait unread in the socket (``FIONREAD``), or we were behind by more than
+  a quarter of the timeout: the timer fired late, the decision waited behind the backlog, or
+  the thread waited that long for a CPU during the window (``/proc/thread-self/schedstat``:
+  other processes starve ours, and with it possibly the peer's end in this same process): we
+  cannot tell, so wait again, but at most :data:`MAX_STARVED_WINDOWS` windows in a row without
+  hearing anything;
 * else the peer is dead or partitioned: close.
 
 On an idle CPU the decision runs at once, so a dead peer is still noticed within about
@@ -50,7 +52,14 @@ from h2.connection import H2Connection
 
 from ._grpc_wire import HANDSHAKE_TIMEOUT, KEEPALIVE_TIMEOUT, PINGS_WELCOME
 
-__all__ = ["MAX_STARVED_WINDOWS", "KeepaliveConnection", "Verdict", "unread_bytes", "verdict"]
+__all__ = [
+    "MAX_STARVED_WINDOWS",
+    "KeepaliveConnection",
+    "Verdict",
+    "cpu_wait",
+    "unread_bytes",
+    "verdict",
+]
 
 MAX_STARVED_WINDOWS: Final = 10
 """Keepalive windows in a row a starved process waits, hearing nothing, before it closes."""
@@ -79,6 +88,20 @@ def verdict(*, heard: bool, unread: bool, lag: float, starved: int) -> Verdict:
     if (unread or lag > _LAG) and starved < MAX_STARVED_WINDOWS:
         return Verdict.WAIT  # we are behind, not (necessarily) the peer
     return Verdict.CLOSE
+
+
+def cpu_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux schedstat; 0 if none).
+
+    Grows while other processes starve ours of CPU, and not while we are idle: the measure of
+    starvation that a loop's own timers and queue cannot see when the starved work is another
+    loop's (the peer's end in this same process, for one).
+    """
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def unread_bytes(transport: Any) -> int:
@@ -138,6 +161,7 @@ class KeepaliveConnection(Connection):
         self._since = 0.0  # monotonic start of the current keepalive window
         self._due = 0.0  # loop time the current window ends
         self._starved = 0
+        self._cpu_wait = 0.0  # cpu_wait() when the window opened
         self._pending: list[Any] | None = None  # [handle] of the timer or the decision under way
 
     # -- grpclib's hooks ---------------------------------------------------------------------
@@ -185,6 +209,7 @@ class KeepaliveConnection(Connection):
     def _open_window(self, since: float) -> None:
         loop = asyncio.get_event_loop()
         self._since = since
+        self._cpu_wait = cpu_wait()
         self._due = loop.time() + KEEPALIVE_TIMEOUT
         self._hold([loop.call_later(KEEPALIVE_TIMEOUT, self._window_over)])
 
@@ -212,6 +237,7 @@ class KeepaliveConnection(Connection):
             return
         heard = self.last_received > self._since
         unread = unread_bytes(self._transport) > 0
+        lag += cpu_wait() - self._cpu_wait  # starved of CPU during the window
         if verdict(heard=heard, unread=unread, lag=lag, starved=self._starved) is Verdict.CLOSE:
             self.close()
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import os
 import socket
 import ssl
@@ -46,6 +47,7 @@ from trionsm.transport import (
     MONITOR_CONNECTION,
     NETWORK_SERVICE,
     CallContext,
+    _grpc_keepalive,
     open_client,
     serve,
 )
@@ -829,6 +831,39 @@ def test_the_keepalive_rule(
     heard: bool, unread: bool, lag: float, starved: int, expected: Verdict
 ) -> None:
     assert verdict(heard=heard, unread=unread, lag=lag, starved=starved) is expected
+
+
+async def test_a_process_starved_of_cpu_waits_longer_for_a_silent_peer_but_not_forever(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other processes starving ours (as ``yes`` loaders did) can stall the peer's end too: a
+    window in which this thread waited for a CPU is extended instead of ending in a close, up to
+    ``MAX_STARVED_WINDOWS`` in a row. The starvation is simulated: the thread's runqueue wait
+    grows by half a second per reading."""
+    waited = iter(itertools.count(step=0.5))
+    monkeypatch.setattr(_grpc_keepalive, "cpu_wait", lambda: next(waited))
+    monkeypatch.setattr(_grpc_keepalive, "MAX_STARVED_WINDOWS", 2)
+    seen: list[tuple[bool, int, Verdict]] = []
+
+    def spy(**facts: Any) -> Verdict:
+        seen.append((facts["heard"], facts["starved"], verdict(**facts)))
+        return seen[-1][2]
+
+    monkeypatch.setattr(_grpc_keepalive, "verdict", spy)
+    service = Service()
+    server = await start(nursery, service)
+    partition = Partition(server.address.port)
+    port = await nursery.start(partition.serve)
+    async with open_client(f"tcp://127.0.0.1:{port}") as client:
+        selector = MonitorScopeSelector(network_services=["icmp"])
+        async with client.monitor_connection.monitor_connections(selector) as events:
+            with trio.fail_after(HANG):
+                await events.__anext__()
+            partition.dropping = True
+            with trio.fail_after(HANG), pytest.raises(Unavailable):
+                await events.__anext__()
+    silent = {(starved, outcome) for heard, starved, outcome in seen if not heard}  # both ends
+    assert silent == {(0, Verdict.WAIT), (1, Verdict.WAIT), (2, Verdict.CLOSE)}
 
 
 class _PingsSent:
