@@ -74,19 +74,28 @@ def add_policy(ipr: Any, index: int, policy: PolicyPlan, what: str) -> None:
 
 def remove_policies(ipr: Any, index: int, here: Namespace) -> None:
     """Rules whose table routes through ``index`` (they outlive the interface otherwise)."""
+    rules = _our_rules(ipr, here)  # few or none: then no route listing at all
+    if not rules:
+        return
     with step(f"listing policy routes in {here}"):
-        routes = ipr.route("dump")
-        tables = {_table(r) for r in routes if r.get("oif") == index}
-    for rule in _our_rules(ipr, here):
+        tables = {_table(r) for r in ipr.route("dump") if r.get("oif") == index}
+    for rule in rules:
         if _table(rule) in tables and rule.get("table") not in _SYSTEM_TABLES:
             _delete_rule(ipr, rule, here)
 
 
 def remove_orphan_rules(ipr: Any, here: Namespace) -> None:
-    """Our rules whose tables are empty: their interface went with a namespace or a crash."""
+    """Our rules whose tables are empty: their interface went with a namespace or a crash.
+
+    Needs no lock against a concurrent :func:`add_policy`: that adds a table's routes before its
+    rule, and the rules are listed here before the routes.
+    """
+    rules = _our_rules(ipr, here)  # rules first: a rule seen has its routes in place already
+    if not rules:
+        return
     with step(f"listing policy routes in {here}"):
         tables = {_table(r) for r in ipr.route("dump")}
-    for rule in _our_rules(ipr, here):
+    for rule in rules:
         if _table(rule) not in tables:
             _delete_rule(ipr, rule, here)
 

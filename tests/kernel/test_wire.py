@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import trio
@@ -82,15 +83,15 @@ async def test_neighbours_and_policy_routes_are_made_and_removed(
         PolicyRoute(proto="17", routes=[Route(prefix="fd00:99::/64")]),
     ]
     with trio.fail_after(10):
-        await create_kernel_wire(
+        wire = await create_kernel_wire(
             "conn-3", client, "", endpoint, "", ip_context=context, hop="t", netlink=netlink
         )
-    neighbour = (await host.json(client, "neigh", "show", "dev", "nsm-1"))[0]
-    assert (neighbour["dst"], neighbour["lladdr"], neighbour["state"]) == (
-        "169.254.3.9",
-        "02:00:00:00:03:09",
-        ["PERMANENT"],
-    )
+    neighbours = {n["dst"]: n for n in await host.json(client, "neigh", "show", "dev", "nsm-1")}
+    given = neighbours["169.254.3.9"]
+    assert (given["lladdr"], given["state"]) == ("02:00:00:00:03:09", ["PERMANENT"])
+    peer_mac = (await host.links(endpoint))[wire.endpoint.ifname]["address"]
+    for peer in ("169.254.3.2", "fd00::3:2"):  # the peer's addresses need no resolution
+        assert (neighbours[peer]["lladdr"], neighbours[peer]["state"]) == (peer_mac, ["PERMANENT"])
     rule = next(r for r in await host.json(client, "rule", "show") if r.get("protocol") == "126")
     assert (rule["src"], rule["ipproto"], rule["dport"]) == ("169.254.3.1", "tcp", 8080)
     table = await host.run(client, "route", "show", "table", rule["table"])
@@ -129,7 +130,12 @@ async def test_fifty_wires_at_once(host: Host, netlink: Netlink, pair: Pair) -> 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             for i in range(50):
-                nursery.start_soon(remove_wire, f"conn-{i}", [clients[i % 5], endpoint])
+                nursery.start_soon(
+                    partial(
+                        remove_wire, f"conn-{i}", [clients[i % 5], endpoint],
+                        ifnames=[f"nsm-{i}", f"nse-{i}"], netlink=netlink,
+                    )
+                )  # fmt: skip
     await only_loopback(host, endpoint, *clients)
 
 
@@ -181,3 +187,17 @@ async def test_removing_one_wire_keeps_anothers_policies_and_sweeps_orphans(
     assert list(await host.links(client)) == ["lo"]
     assert await remove_wire("conn-2", [client], netlink=netlink) == 0
     await only_loopback(host, client)
+
+
+async def test_removal_by_name_spares_a_foreign_interface_of_that_name(
+    host: Host, netlink: Netlink, pair: Pair
+) -> None:
+    client, endpoint = await host.netns(), await host.netns()
+    await host.run(client, "link", "add", "nsm-5", "type", "veth", "peer", "name", "theirs")
+    await create_kernel_wire(
+        "conn-5", client, "nsm-6", endpoint, "nse-5", ip_context=pair(5), netlink=netlink
+    )
+    names = ["nsm-5", "nse-5"]  # the first is not ours: it carries no alias
+    assert await remove_wire("conn-5", [client, endpoint], ifnames=names, netlink=netlink) == 1
+    assert sorted(await host.links(client)) == ["lo", "nsm-5", "theirs"]
+    assert list(await host.links(endpoint)) == ["lo"]
