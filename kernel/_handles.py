@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import attrs
-import outcome
 import trio
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -194,18 +193,20 @@ async def call_on(worker: Worker, fn: Callable[[], T]) -> T:
     """Run ``fn`` on ``worker``'s thread; wait for it without abandoning it."""
     token = trio.lowlevel.current_trio_token()
     done = trio.Event()
-    box: list[outcome.Outcome[T]] = []
-
-    def deliver(result: outcome.Outcome[T]) -> None:
-        box.append(result)
-        done.set()
+    results: list[T] = []
+    errors: list[BaseException] = []
 
     def job() -> None:
-        result = outcome.capture(fn)
+        try:
+            results.append(fn())
+        except BaseException as exc:  # handed to the waiting task, raised there
+            errors.append(exc)
         with contextlib.suppress(trio.RunFinishedError):  # cannot end while we wait
-            token.run_sync_soon(deliver, result)
+            token.run_sync_soon(done.set)
 
     worker.submit(job)
     with trio.CancelScope(shield=True):
         await done.wait()
-    return box[0].unwrap()
+    if errors:
+        raise errors[0]
+    return results[0]
