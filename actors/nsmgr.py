@@ -26,7 +26,7 @@ expiry and closes the connection when its endpoint no longer matches (``_netsvcm
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ from trionsm.api.connection import Connection
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint
 from trionsm.clock import Clock
-from trionsm.errors import TrionsmError, Unavailable
+from trionsm.errors import InvalidArgument, TrionsmError, Unavailable
 from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
 from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
@@ -45,6 +45,7 @@ from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 from ._connection import NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
+from ._mechanisms import is_local_url
 from ._netsvcmonitor import watch_network_service
 from ._path import min_expires
 from ._role import Discovery, serve_connections, serve_peers, token_metadata
@@ -174,18 +175,20 @@ class Nsmgr(ServerHop):
 
 @attrs.frozen(eq=False)
 class NsmgrHandle:
-    """A running nsmgr: ``url`` (bound), ``public_url``, ``nsmgr`` (logic), ``supervisor``."""
+    """A running nsmgr: ``url`` (the first bound), ``public_url``, ``nsmgr`` (logic),
+    ``supervisor``, ``urls`` (every bound URL, in the order given)."""
 
     name: str
     url: str
     public_url: str
     nsmgr: Nsmgr
     supervisor: Supervisor
+    urls: tuple[str, ...] = ()
 
 
 async def serve_nsmgr(
     name: str,
-    url: str,
+    url: str | Sequence[str],
     *,
     registry: str | None = None,
     public_url: str | None = None,
@@ -200,10 +203,11 @@ async def serve_nsmgr(
 
     Args:
         name: its name (path segment).
-        url: where it serves NetworkService, MonitorConnection and the registry APIs.
+        url: where it serves NetworkService, MonitorConnection and the registry APIs: one URL
+            or several (a unix socket for the node's workloads and a TCP port for other nodes).
         registry: the registry URL; None embeds an in-memory registry for this node alone.
-        public_url: the URL other nodes dial (registered for local endpoints; default: ``url``
-            as bound).
+        public_url: the URL other nodes dial (registered for local endpoints; default: the
+            first bound URL that is not node-local, e.g. ``tcp://``, else the first).
         client_options: for clients to forwarders and the registry (``roundtrip_bytes``...).
         registry_options: for the embedded registry (``expiry``...).
         transport_options: for ``transport.serve``.
@@ -213,8 +217,11 @@ async def serve_nsmgr(
         tokens=tokens or JwtTokenProvider(f"spiffe://trionsm.local/nsmgr/{name}", clock=clock),
         clock=clock,
     )
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise InvalidArgument("serve_nsmgr needs at least one URL to listen on", hop=name)
     options = dict(client_options or {})
-    bound: dict[str, str] = {}
+    bound: list[str] = []
     upstream = {"url": registry}
 
     async def run_registry(*, task_status: trio.TaskStatus[Any]) -> None:
@@ -239,16 +246,17 @@ async def serve_nsmgr(
                 HEALTH: Health(),
             }
             # The bypass needs the public URL, known once bound: start with the given one.
-            bypass = LocalBypass(public_url or url, nsmgr.registry, hop=name)
+            bypass = LocalBypass(public_url or urls[0], nsmgr.registry, hop=name)
             handlers.update(localbypass_handlers(bypass, nsmgr.registry))
-            server = await nursery.start(
-                partial(serve, url, handlers, hop=name, **transport_options)
-            )
-            bound["url"] = server.url
+            servers = [
+                await nursery.start(partial(serve, each, handlers, hop=name, **transport_options))
+                for each in urls
+            ]
+            bound[:] = [server.url for server in servers]
             if public_url is None:
-                bypass.public_url = server.url
+                bypass.public_url = next((u for u in bound if not is_local_url(u)), bound[0])
             nsmgr.bypass = bypass
-            task_status.started(server)
+            task_status.started(servers[0])
 
     children = []
     if registry is None:
@@ -263,6 +271,6 @@ async def serve_nsmgr(
     ) as supervisor:
         assert nsmgr.bypass is not None
         task_status.started(
-            NsmgrHandle(name, bound["url"], nsmgr.bypass.public_url, nsmgr, supervisor)
+            NsmgrHandle(name, bound[0], nsmgr.bypass.public_url, nsmgr, supervisor, tuple(bound))
         )
         await trio.sleep_forever()
