@@ -1,17 +1,20 @@
 """The ``trionsm`` command line.
 
-Sub-commands arrive with the features they run (``node``, ``registry``, ``nsmgr``, ``forwarder``,
-``nse``, ``nsc``, ``status``, ``scenario``). ``demo`` is listed now and says what it still needs.
+Each role runs as its own process: ``registry``, ``nsmgr``, ``forwarder``, ``nse`` serve until
+SIGTERM/SIGINT (``serving URL`` on stdout once ready, exit 0 after a clean stop, 1 when they
+cannot start); ``nsc`` connects to a network service and prints its events. A bad flag exits 2
+naming it. Still to come: ``node``, ``status``, ``scenario``; ``demo`` says what it still needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from trionsm import __version__
-from trionsm._cli import registry
+from trionsm._cli import forwarder, nsc, nse, nsmgr, registry
 
 __all__ = ["build_parser", "main"]
 
@@ -20,10 +23,17 @@ trionsm demo: not built yet.
 The demo runs a two-node mesh in network namespaces (registry, two `trionsm node` processes, an
 external forwarder, two ICMP-responder NSEs, a pinging NSC) and injects a forwarder SIGKILL and an
 NSE death. It needs pieces that do not exist yet:
-  - the nsmgr/forwarder/NSE/NSC actors and the connection path
-  - the kernel data plane (veth and VXLAN wires)
-  - `trionsm node` and the process-level mesh builder
+  - the kernel data plane (veth and VXLAN wires) in the forwarder, and the ICMP responder
+  - `trionsm node` and the mesh in network namespaces
 """
+
+_COMMANDS: dict[str, ModuleType] = {
+    "registry": registry,
+    "nsmgr": nsmgr,
+    "forwarder": forwarder,
+    "nse": nse,
+    "nsc": nsc,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"trionsm {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="run the two-node demo mesh (not built yet)")
-    registry.add_parser(commands)
+    for module in _COMMANDS.values():
+        module.add_parser(commands)
     return parser
 
 
@@ -48,8 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         sys.stderr.write(_DEMO_MISSING)
         return 3
-    if args.command == "registry":
-        return registry.run(args)
+    command = _COMMANDS.get(args.command)
+    if command is not None:
+        run: Callable[[argparse.Namespace], int] = command.run
+        return run(args)
     parser.error(f"unknown command {args.command!r}")  # argparse exits (status 2)
 
 

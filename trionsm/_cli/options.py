@@ -1,4 +1,4 @@
-"""Argument types shared by the sub-commands: durations, listen URLs, stores.
+"""Argument types shared by the sub-commands: durations, URLs, stores, names, labels, CIDRs.
 
 Each raises ``argparse.ArgumentTypeError`` with the value and what is allowed, so a bad flag fails
 up front with one clear line and exit status 2.
@@ -7,12 +7,23 @@ up front with one clear line and exit status 2.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 
 from trionsm.errors import InvalidArgument
 from trionsm.transport import parse_url
 
-__all__ = ["duration", "listen_url", "parse_duration", "store_url"]
+__all__ = [
+    "cidr",
+    "dial_url",
+    "duration",
+    "labels",
+    "listen_url",
+    "name",
+    "nsurl",
+    "parse_duration",
+    "store_url",
+]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -69,3 +80,63 @@ def store_url(text: str) -> str:
     raise argparse.ArgumentTypeError(
         f"{text!r}: expected 'memory' or 'etcd://HOST:PORT[/PREFIX]' (e.g. etcd://127.0.0.1:2379)"
     )
+
+
+def dial_url(text: str) -> str:
+    """argparse type for a URL to call (an nsmgr, a registry)."""
+    try:
+        address = parse_url(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+    if not address.dialable:
+        raise argparse.ArgumentTypeError(f"{text!r}: an inode:// URL cannot be dialed")
+    return text
+
+
+def name(text: str) -> str:
+    """argparse type for a name (nsmgr, forwarder, endpoint, network service)."""
+    if not text or len(text) > 253:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r}: a name has 1 to 253 characters")
+    bad = next((c for c in text if c.isspace() or not c.isprintable() or c == "/"), None)
+    if bad is not None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: {bad!r} is not allowed in a name (no whitespace, control characters or /)"
+        )
+    return text
+
+
+def labels(text: str) -> dict[str, str]:
+    """argparse type for ``k=v,k2=v2`` (an empty value is allowed: ``k=``)."""
+    found: dict[str, str] = {}
+    for piece in text.split(","):
+        key, equals, value = piece.strip().partition("=")
+        if not equals or not key:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {piece!r} is not key=value; write e.g. app=web,tier=front"
+            )
+        found[key] = value
+    return found
+
+
+def cidr(text: str) -> str:
+    """argparse type for an address pool (``169.254.100.0/24``, ``fd00::/64``)."""
+    try:
+        network = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a CIDR: {exc}") from None
+    if network.num_addresses < 2:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a pool needs at least 2 addresses for a point-to-point pair"
+        )
+    return text.strip()
+
+
+def nsurl(text: str) -> str:
+    """argparse type for a network service URL (``kernel://my-service/nsm-1?app=web``)."""
+    from trionsm.actors._nsurl import parse_nsurl
+
+    try:
+        parse_nsurl(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from None
+    return text

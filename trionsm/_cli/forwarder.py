@@ -1,0 +1,49 @@
+"""``trionsm forwarder``: a forwarder as its own process, serving until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+from functools import partial
+
+from trionsm.actors.forwarder import FORWARDER_LABELS, serve_forwarder
+
+from .options import dial_url, labels, listen_url, name
+from .serving import run_serving
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "forwarder",
+        help="run a forwarder (endpoint selection, mechanism negotiation; NOOP data plane)",
+        description="Serve a forwarder until SIGTERM or SIGINT, registered at its nsmgr as "
+        "service 'forwarder'. It discovers and selects endpoints and negotiates mechanisms; the "
+        "kernel data plane (veth/VXLAN wires) is not wired into it yet, so it programs the NOOP "
+        "mechanism only. Prints 'serving URL' on stdout once it accepts calls and is registered.",
+    )
+    parser.add_argument("--name", required=True, type=name, help="its name (registration)")
+    parser.add_argument(
+        "--listen",
+        required=True,
+        type=listen_url,
+        metavar="URL",
+        help="where it serves (unix:///path, tcp://HOST:PORT)",
+    )
+    parser.add_argument(
+        "--nsmgr", required=True, type=dial_url, metavar="URL", help="its node's nsmgr"
+    )
+    default = ",".join(f"{k}={v}" for k, v in FORWARDER_LABELS.items())
+    parser.add_argument(
+        "--labels",
+        type=labels,
+        metavar="K=V[,K=V...]",
+        help=f"its registration labels, matched by network services' forwarder selectors "
+        f"(default {default})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until a signal; 0 after a clean stop, 1 when the forwarder could not start."""
+    start = partial(serve_forwarder, args.name, args.listen, nsmgr=args.nsmgr, labels=args.labels)
+    return run_serving("forwarder", start, lambda handle: [handle.url])
