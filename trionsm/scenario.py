@@ -16,6 +16,10 @@ crash); :meth:`Mesh.restart` starts it again with the same name and URL. A netwo
 kept registered by a lease part (``ns:<name>``), so it survives a registry restart as an
 operator's re-applied resource would.
 
+The same roles also run as real processes (``python -m trionsm.cli ...`` over unix sockets):
+:func:`open_process_mesh` (:class:`ProcessMesh`: start, ``kill`` = SIGKILL, ``stop`` = SIGTERM,
+``restart`` on the same socket, ``leaks``), from :mod:`trionsm._processes`.
+
 Leaks: :meth:`Mesh.baseline` snapshots every role's supervision tree; :meth:`Mesh.leaks` then
 lists what is left behind (connections in a hop's monitor hub, connection actors, a tree that
 differs from its baseline), so a test ends with ``assert await mesh.leaks(baseline) == []``.
@@ -33,6 +37,7 @@ import attrs
 import trio
 import trio.testing
 
+from trionsm._processes import ProcessMesh, RoleProcess, open_process_mesh
 from trionsm.actors._connection import ServerHop
 from trionsm.actors.client import ClientConnection, open_connection
 from trionsm.actors.endpoint import serve_endpoint
@@ -43,7 +48,15 @@ from trionsm.actors.registry import serve_registry
 from trionsm.api.registry import NetworkService
 from trionsm.supervision import SupervisorTree
 
-__all__ = ["Mesh", "Part", "open_mesh", "tree_shape"]
+__all__ = [
+    "Mesh",
+    "Part",
+    "ProcessMesh",
+    "RoleProcess",
+    "open_mesh",
+    "open_process_mesh",
+    "tree_shape",
+]
 
 _meshes = itertools.count(1)
 
