@@ -130,7 +130,11 @@ class RoleProcess:
                     if count == 0:
                         return line
             if output.eof and output.stderr_eof:  # (so the message has all of stderr)
-                status = process.poll() if process is not None else None
+                status = None
+                if process is not None:
+                    # Its pipes closed: it is exiting. Reap it so the status is known.
+                    with trio.move_on_after(5):
+                        status = await process.wait()
                 raise FailedPrecondition(
                     f"exited (status {status}) before printing {prefix!r}: "
                     f"stderr: {output.stderr[-2000:].strip() or '(empty)'}",
