@@ -194,6 +194,9 @@ class EtcdStore:
                                 if event.kind is not event.PROGRESS:  # none asked for
                                     self._apply(event)
                                     revision = event.mod_revision
+                                # etcd sends events in batches of hundreds: let the watchers
+                                # drain between events, or a burst would overflow them.
+                                await trio.lowlevel.checkpoint()
                     except (Unavailable, FailedPrecondition):
                         if not started:
                             raise
