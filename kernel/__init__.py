@@ -8,8 +8,9 @@ Map:
 * :func:`create_kernel_wire` makes a connection's veth pair between the client's and the
   endpoint's namespace (names, alias ``trionsm:<connection id>``, MTU, addresses, routes,
   neighbours, policy routes) and returns a :class:`KernelWire` of two :class:`WireEnd`;
-  :func:`remove_wire` deletes a connection's interfaces by alias; :func:`list_wires` lists the
-  :class:`WireInterface` carrying our aliases, for reconcile.
+  :func:`remove_wire` deletes a connection's interfaces by alias; :func:`check_wire` says whether
+  a wire is still whole (a refresh); :func:`list_wires` lists the :class:`WireInterface` carrying
+  our aliases, for reconcile.
 * :func:`ping` and :func:`check_liveness`: ICMP echo from inside a namespace (NSM's kernel
   liveness check: every src/dst pair, ``LIVENESS_PACKETS`` echoes over ``LIVENESS_TIMEOUT``).
 * :class:`Netlink`, from :func:`open_netlink` (owned, closed on exit) or :func:`current_netlink`
@@ -39,7 +40,15 @@ from __future__ import annotations
 from ._netlink import Lane, Netlink, NetlinkLimits, NetlinkStatistics, current_netlink, open_netlink
 from ._netns import Namespace, inode_url, resolve_namespace
 from ._ping import LIVENESS_INTERVAL, LIVENESS_PACKETS, LIVENESS_TIMEOUT, check_liveness, ping
-from ._veth import KernelWire, WireEnd, WireInterface, create_kernel_wire, list_wires, remove_wire
+from ._veth import (
+    KernelWire,
+    WireEnd,
+    WireInterface,
+    check_wire,
+    create_kernel_wire,
+    list_wires,
+    remove_wire,
+)
 from ._wireplan import ALIAS_PREFIX, DEFAULT_CLIENT_IFNAME, IFNAME_MAX, WirePlan, plan_wire
 
 __all__ = [
@@ -59,6 +68,7 @@ __all__ = [
     "WireInterface",
     "WirePlan",
     "check_liveness",
+    "check_wire",
     "create_kernel_wire",
     "current_netlink",
     "inode_url",

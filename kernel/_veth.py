@@ -46,6 +46,7 @@ __all__ = [
     "KernelWire",
     "WireEnd",
     "WireInterface",
+    "check_wire",
     "create_kernel_wire",
     "list_wires",
     "remove_wire",
@@ -221,6 +222,34 @@ async def remove_wire(
     return sum(removed)
 
 
+async def check_wire(
+    wire: KernelWire, *, hop: str | None = None, netlink: Netlink | None = None
+) -> bool:
+    """Whether ``wire`` is still whole: each end's namespace has an interface of that name that
+    carries the wire's alias and is up. A lookup by name in each namespace, concurrently, in the
+    ``PROBE`` lane; a namespace that is gone counts as a missing end.
+
+    Raises:
+        PermissionDenied, InvalidArgument: a namespace that cannot be entered.
+        TrionsmError: the kernel refused the lookup.
+    """
+    netlink = netlink or current_netlink()
+    alias = alias_for(wire.connection_id)
+    found: list[bool] = []
+
+    async def probe(end: WireEnd) -> None:
+        job = partial(_is_ours, ifname=end.ifname, alias=alias)
+        try:
+            found.append(await netlink.run(end.namespace, job, lane=Lane.PROBE, hop=hop))
+        except NotFound:
+            found.append(False)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe, wire.client)
+        nursery.start_soon(probe, wire.endpoint)
+    return all(found)
+
+
 async def list_wires(
     namespace: Namespace | str, *, hop: str | None = None, netlink: Netlink | None = None
 ) -> list[WireInterface]:
@@ -358,6 +387,12 @@ def _get_link(ipr: Any, ifname: str) -> list[Any]:
         if getattr(exc, "code", None) == errno.ENODEV:
             return []
         raise
+
+
+def _is_ours(handle: Handle, *, ifname: str, alias: str) -> bool:
+    with step(f"looking for {ifname} in {handle.namespace}"):
+        links = _get_link(handle.ipr, ifname)
+    return any(link.get("ifalias") == alias and link["flags"] & 1 for link in links)
 
 
 def _list(handle: Handle) -> list[WireInterface]:

@@ -13,6 +13,7 @@ from trionsm.api.connectioncontext import IpContext, IpNeighbor, PolicyRoute, Ro
 from trionsm.kernel import (
     Netlink,
     check_liveness,
+    check_wire,
     create_kernel_wire,
     list_wires,
     ping,
@@ -201,3 +202,22 @@ async def test_removal_by_name_spares_a_foreign_interface_of_that_name(
     assert await remove_wire("conn-5", [client, endpoint], ifnames=names, netlink=netlink) == 1
     assert sorted(await host.links(client)) == ["lo", "nsm-5", "theirs"]
     assert list(await host.links(endpoint)) == ["lo"]
+
+
+async def test_check_wire_sees_a_whole_wire_and_a_missing_or_foreign_end(
+    host: Host, netlink: Netlink, pair: Pair
+) -> None:
+    client, endpoint = await host.netns(), await host.netns()
+    with trio.fail_after(10):
+        wire = await create_kernel_wire(
+            "conn-9", client, "nsm-1", endpoint, "nse-9", ip_context=pair(9), netlink=netlink
+        )
+        assert await check_wire(wire, netlink=netlink)
+        await host.run(endpoint, "link", "set", "nse-9", "down")
+        assert not await check_wire(wire, netlink=netlink)
+        await host.run(client, "link", "del", "nsm-1")  # takes its peer along
+        assert not await check_wire(wire, netlink=netlink)
+        await host.run(client, "link", "add", "nsm-1", "up", "type", "veth", "peer", "name", "x")
+        assert not await check_wire(wire, netlink=netlink)  # that name, but not our alias
+        await host.run(client, "link", "del", "nsm-1")
+    await only_loopback(host, client, endpoint)
