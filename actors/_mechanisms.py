@@ -24,6 +24,7 @@ are not changed may be shared, so treat results as read-only too).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import string
 from collections.abc import Iterable, Mapping, Sequence
@@ -54,6 +55,7 @@ __all__ = [
     "check_interface_name",
     "default_interface_name",
     "describe",
+    "endpoint_interface_name",
     "filter_by_cls",
     "filter_for_url",
     "is_local_url",
@@ -167,6 +169,15 @@ def default_interface_name(network_service: str, *, rng: random.Random | None = 
     chooser = rng or random
     suffix = "".join(chooser.choice(_IFNAME_RANDOM) for _ in range(14 - len(prefix)))
     return f"{prefix}-{suffix}"
+
+
+def endpoint_interface_name(connection_id: str) -> str:
+    """The interface name an endpoint picks for its end of a KERNEL connection by default.
+
+    ``nsm-`` and 11 hex digits of the SHA-1 of the endpoint's connection id: 15 characters, the
+    same on every refresh and after an endpoint restart (the id is kept), distinct per connection.
+    """
+    return "nsm-" + hashlib.sha1(connection_id.encode()).hexdigest()[:11]
 
 
 def _put(parameters: dict[str, str], key: str, value: str | int | None) -> None:

@@ -12,6 +12,11 @@ accepts; point-to-point IPAM gives the pair of addresses (recovered from the req
 endpoint restart; the request's ``excluded_prefixes`` honoured) with the routes to each other;
 DNS configs and labels are added; the path is trimmed after this hop. A connection whose previous
 hop stops refreshing is closed at ``previous segment expiry - request timeout``.
+
+For a KERNEL request the chosen mechanism names the endpoint's side of the wire: its network
+namespace (``inodeURL``, the ``netns`` it serves in) and its interface name, picked by the
+endpoint (``nsm-`` and a hash of the connection id, the same on every refresh) unless the
+request names one. The forwarder makes the wire; an endpoint without ``netns`` refuses KERNEL.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from typing import Any
 import attrs
 import trio
 
-from trionsm.api.connection import Connection
+from trionsm.api.connection import Connection, Mechanism
 from trionsm.api.connectioncontext import ConnectionContext, DnsConfig, DnsContext
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint, NetworkServiceLabels
 from trionsm.clock import Clock
+from trionsm.errors import FailedPrecondition
 from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import (
     ChildSpec,
@@ -42,7 +48,15 @@ from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 from ._connection import ServerConnection, ServerHop
 from ._health import Health
 from ._ipam import PointToPointIpam
-from ._mechanisms import KERNEL, NOOP, negotiate
+from ._mechanisms import (
+    KERNEL,
+    NOOP,
+    Param,
+    check_interface_name,
+    endpoint_interface_name,
+    negotiate,
+    with_parameters,
+)
 from ._path import trim_path
 from ._role import serve_connections
 from .lease import Lease, serve_lease
@@ -65,9 +79,12 @@ class Endpoint(ServerHop):
         dns: Sequence[DnsConfig] = (),
         tokens: TokenProvider,
         clock: Clock | None = None,
+        netns: str | None = None,
+        strict_ipam: bool = False,
     ) -> None:
         super().__init__(name, tokens, clock=clock)
-        self.ipam = PointToPointIpam(cidrs, hop=name) if cidrs else None
+        self.netns = netns
+        self.ipam = PointToPointIpam(cidrs, hop=name, strict=strict_ipam) if cidrs else None
         self.mechanisms = tuple(mechanisms)
         self.labels = dict(labels or {})
         self.dns = list(dns)
@@ -82,6 +99,8 @@ class Endpoint(ServerHop):
             hop=self.name,
             service=connection.network_service,
         )
+        if mechanism.type == KERNEL:
+            mechanism = self._kernel_end(actor.id, mechanism, connection.network_service)
         context = connection.context or ConnectionContext()
         if self.ipam is not None:
             ip_context = context.ip_context
@@ -103,6 +122,19 @@ class Endpoint(ServerHop):
         )
         assert reply.path is not None
         return trim_path(reply, reply.path.index)
+
+    def _kernel_end(self, connection_id: str, mechanism: Mechanism, service: str) -> Mechanism:
+        """The KERNEL mechanism with this endpoint's namespace and interface name in it."""
+        if self.netns is None:
+            raise FailedPrecondition(
+                f"{self.name} serves in no network namespace, so it cannot take a KERNEL "
+                "interface (serve_endpoint(netns=...))",
+                hop=self.name,
+                service=service,
+            )
+        name = mechanism.parameters.get(Param.NAME) or endpoint_interface_name(connection_id)
+        check_interface_name(name, hop=self.name, service=service)
+        return with_parameters(mechanism, {Param.INODE_URL: self.netns, Param.NAME: name})
 
     def release(self, actor: ServerConnection) -> None:
         if self.ipam is not None:
@@ -135,6 +167,8 @@ async def serve_endpoint(
     labels: Mapping[str, str] | None = None,
     mechanisms: Sequence[str] = DEFAULT_ENDPOINT_MECHANISMS,
     dns: Sequence[DnsConfig] = (),
+    netns: str | None = None,
+    strict_ipam: bool = False,
     public_url: str | None = None,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
@@ -156,12 +190,23 @@ async def serve_endpoint(
             to each connection.
         mechanisms: the mechanism types it accepts.
         dns: DNS configs handed to clients.
+        netns: the network namespace it serves in, as an ``inodeURL``
+            (``file:///run/netns/<name>``, ``file:///proc/<pid>/ns/net``): where the endpoint's
+            end of each KERNEL wire goes. Checked at start (NotFound, PermissionDenied,
+            InvalidArgument naming it). None: KERNEL requests are refused.
+        strict_ipam: drop addresses outside this endpoint's pools from each connection (NSM's
+            ``NSM_IPAM_POLICY=strict``), so a client healed here from another endpoint keeps
+            none of that one's addresses; default: keep them (NSM's ``polite``).
         public_url: the URL registered (default: the bound URL).
         tokens: mints its tokens (default: unsigned JWT-shaped tokens for ``nse/<name>``).
         lease_options: passed to :func:`~trionsm.actors.serve_lease`.
         transport_options: passed to ``transport.serve``.
     """
     service_names = [services] if isinstance(services, str) else list(services)
+    if netns is not None:
+        from trionsm.kernel import resolve_namespace
+
+        await resolve_namespace(netns, hop=name)
     endpoint = Endpoint(
         name,
         cidrs=[cidr] if isinstance(cidr, str) else list(cidr),
@@ -170,6 +215,8 @@ async def serve_endpoint(
         dns=dns,
         tokens=tokens or JwtTokenProvider(f"spiffe://trionsm.local/nse/{name}", clock=clock),
         clock=clock,
+        netns=netns,
+        strict_ipam=strict_ipam,
     )
     handlers = {NETWORK_SERVICE: endpoint, MONITOR_CONNECTION: endpoint, HEALTH: Health()}
     bound: dict[str, str] = {}
