@@ -16,12 +16,25 @@ robin per service; call each in turn with this forwarder's own mechanism prefere
 outgoing hop (LOCAL towards a local endpoint, REMOTE towards another node's nsmgr) until one
 answers. The reply goes back with the incoming mechanism. Errors name every candidate tried and
 why it failed.
+
+KERNEL (LOCAL) connections need a :class:`DataPlane` (``serve_forwarder`` opens one when
+``mechanisms`` has KERNEL and none is given): the client's namespace is checked before any
+endpoint is asked; the endpoint is asked for KERNEL (LOCAL preference) and, once it answers, the
+veth wire between the two namespaces is made (``_dataplane``); the reply goes back with the
+incoming mechanism's interface name and MTU filled in. A refresh keeps a wire that is still whole
+(recreating one deleted behind our back); Close, expiry, reselect and a move to another endpoint
+remove it. A failed wire closes the endpoint's connection and fails the Request with the kernel's
+typed error (hop, service, wire, cause); nothing is left half-made. A KERNEL connection to an
+endpoint on another node needs a REMOTE mechanism (VXLAN), not programmed yet: such candidates
+fail with FailedPrecondition.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
@@ -32,14 +45,26 @@ from trionsm.api.connection import Connection, Mechanism
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint, NetworkServiceLabels
 from trionsm.clock import Clock
-from trionsm.errors import NotFound, TrionsmError
+from trionsm.errors import FailedPrecondition, NotFound, TrionsmError
 from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
 from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 
-from ._connection import NextHop, ServerConnection, ServerHop
+from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop
+from ._dataplane import DataPlane, Wire, open_dataplane
 from ._health import Health
-from ._mechanisms import LOCAL, NOOP, REMOTE, is_local_url, negotiate, noop_mechanism
+from ._mechanisms import (
+    KERNEL,
+    LOCAL,
+    NOOP,
+    REMOTE,
+    Param,
+    is_local_url,
+    kernel_mechanism,
+    negotiate,
+    noop_mechanism,
+    with_parameters,
+)
 from ._role import Discovery, serve_connections, serve_peers, token_metadata
 from ._select import RoundRobin, all_failed_error, drop_expired, select_endpoints
 from .lease import Lease, serve_lease
@@ -47,8 +72,10 @@ from .lease import Lease, serve_lease
 __all__ = [
     "FORWARDER_LABELS",
     "FORWARDER_SERVICE",
+    "DataPlane",
     "Forwarder",
     "ForwarderHandle",
+    "open_dataplane",
     "serve_forwarder",
 ]
 
@@ -61,8 +88,9 @@ class Forwarder(ServerHop):
 
     Args:
         name: its name (path segment and registration).
-        mechanisms: the mechanism types it can program (``NOOP`` until a data plane is given).
+        mechanisms: the mechanism types it can program (KERNEL needs ``dataplane``).
         remote: decides whether a next hop URL is on another node (default: by URL scheme).
+        dataplane: programs KERNEL wires (None: KERNEL connections are refused).
     """
 
     def __init__(
@@ -73,17 +101,38 @@ class Forwarder(ServerHop):
         mechanisms: Sequence[str] = (NOOP,),
         remote: Any = None,
         clock: Clock | None = None,
+        dataplane: DataPlane | None = None,
     ) -> None:
         super().__init__(name, tokens, clock=clock)
         self.mechanisms = tuple(mechanisms)
+        self.dataplane = dataplane
         self.round_robin = RoundRobin()
         self.registry: Any = None  # a Client to the nsmgr's registry front
         self.discovery = Discovery()  # cached look-ups through it
         self._remote = remote or (lambda url: not is_local_url(url))
 
-    def _outgoing_preferences(self, url: str) -> list[Mechanism]:
-        cls = REMOTE if self._remote(url) else LOCAL
-        return [noop_mechanism(cls)] if NOOP in self.mechanisms else []
+    def _outgoing_preferences(self, url: str, incoming: Mechanism, service: str) -> list[Mechanism]:
+        remote = self._remote(url)
+        if incoming.type == KERNEL:
+            if remote:
+                raise FailedPrecondition(
+                    "a KERNEL connection to an endpoint on another node needs a REMOTE "
+                    "mechanism (VXLAN), which this forwarder does not program yet",
+                    hop=self.name,
+                    service=service,
+                )
+            return [kernel_mechanism()]
+        return [noop_mechanism(REMOTE if remote else LOCAL)] if NOOP in self.mechanisms else []
+
+    async def _check_kernel(self, incoming: Mechanism, service: str) -> DataPlane:
+        if self.dataplane is None:
+            raise FailedPrecondition(
+                "this forwarder has no data plane for KERNEL connections",
+                hop=self.name,
+                service=service,
+            )
+        await self.dataplane.check_client(incoming, hop=self.name, service=service)
+        return self.dataplane
 
     async def _candidates(self, connection: Connection, bound: float) -> list[Any]:
         service = connection.network_service
@@ -128,19 +177,22 @@ class Forwarder(ServerHop):
             hop=self.name,
             service=service,
         )
+        dataplane = await self._check_kernel(incoming, service) if incoming.type == KERNEL else None
         candidates = await self._candidates(connection, actor.remaining())
         failures: list[tuple[str, BaseException]] = []
         for endpoint in candidates:
             same = actor.state.get("endpoint") == endpoint.name
-            outgoing = NetworkServiceRequest(
-                connection=dataclasses.replace(
-                    connection,
-                    network_service_endpoint_name=endpoint.name,
-                    mechanism=actor.state.get("mechanism") if same else None,
-                ),
-                mechanism_preferences=self._outgoing_preferences(endpoint.url),
-            )
             try:
+                outgoing = NetworkServiceRequest(
+                    connection=dataclasses.replace(
+                        connection,
+                        network_service_endpoint_name=endpoint.name,
+                        mechanism=actor.state.get("mechanism") if same else None,
+                    ),
+                    mechanism_preferences=self._outgoing_preferences(
+                        endpoint.url, incoming, service
+                    ),
+                )
                 assert self.peers is not None
                 client = await self.peers.client(endpoint.url)
                 reply = await client.network_service.request(
@@ -152,7 +204,10 @@ class Forwarder(ServerHop):
             if same or "endpoint" not in actor.state:
                 pass
             elif actor.next is not None:  # moved to another endpoint: close the old one
+                await self._remove_wire(actor)
                 await self._close_at(actor.next, actor)
+            if dataplane is not None:
+                incoming = await self._plumb(dataplane, actor, incoming, reply, endpoint.url)
             actor.state["endpoint"] = endpoint.name
             actor.state["mechanism"] = reply.mechanism
             assert reply.path is not None
@@ -160,6 +215,55 @@ class Forwarder(ServerHop):
             actor.follow(NextHop(endpoint.url, next_id, endpoint.name))
             return dataclasses.replace(reply, mechanism=incoming)
         raise all_failed_error(service, failures, hop=self.name)
+
+    async def _plumb(
+        self,
+        dataplane: DataPlane,
+        actor: ServerConnection,
+        incoming: Mechanism,
+        reply: Connection,
+        url: str,
+    ) -> Mechanism:
+        """Make (or keep) the connection's wire; returns the incoming mechanism as made.
+
+        On failure the endpoint's connection is closed and the connection forgets its endpoint,
+        then the error propagates (nothing of the new wire remains).
+        """
+        service = reply.network_service
+        try:
+            spec = dataplane.plan(
+                actor.id, incoming, reply.mechanism, reply.context, hop=self.name, service=service
+            )
+            wire: Wire = await dataplane.ensure(
+                actor.state.pop("wire", None), spec, hop=self.name, service=service
+            )
+        except BaseException:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
+                await self._abandon(actor, url, reply)
+            raise
+        actor.state["wire"] = wire
+        made = {Param.NAME: wire.spec.client_ifname}
+        if wire.spec.mtu:
+            made[Param.MTU] = str(wire.spec.mtu)
+        return with_parameters(incoming, made)
+
+    async def _abandon(self, actor: ServerConnection, url: str, reply: Connection) -> None:
+        """Close the endpoint's connection ``reply`` (best effort) and forget the endpoint."""
+        for key in ("endpoint", "mechanism"):
+            actor.state.pop(key, None)
+        actor.follow(None)
+        if self.peers is None:
+            return
+        with contextlib.suppress(TrionsmError):
+            client = await self.peers.client(url)
+            await client.network_service.close(
+                reply, timeout=CLOSE_TIMEOUT, metadata=token_metadata(self)
+            )
+
+    async def _remove_wire(self, actor: ServerConnection) -> None:
+        wire = actor.state.pop("wire", None)
+        if wire is not None and self.dataplane is not None:
+            await self.dataplane.remove(wire, hop=self.name)
 
     async def _close_at(self, next_hop: NextHop, actor: ServerConnection) -> None:
         if self.peers is None or actor.connection is None:
@@ -171,8 +275,11 @@ class Forwarder(ServerHop):
         )
 
     async def close_downstream(self, actor: ServerConnection) -> None:
-        if actor.next is not None:
-            await self._close_at(actor.next, actor)
+        try:
+            await self._remove_wire(actor)
+        finally:
+            if actor.next is not None:
+                await self._close_at(actor.next, actor)
 
     def forget(self, actor: ServerConnection) -> None:
         actor.state.pop("endpoint", None)
@@ -198,6 +305,7 @@ async def serve_forwarder(
     mechanisms: Sequence[str] = (NOOP,),
     labels: Mapping[str, str] | None = None,
     remote: Any = None,
+    dataplane: DataPlane | None = None,
     public_url: str | None = None,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
@@ -212,7 +320,9 @@ async def serve_forwarder(
         name: its name.
         url: where it serves.
         nsmgr: its nsmgr's URL (registration and discovery go through it).
-        mechanisms: the mechanism types it programs.
+        mechanisms: the mechanism types it programs (``(KERNEL, NOOP)`` for veth wires).
+        dataplane: programs the KERNEL wires (shared, not closed here); None with KERNEL in
+            ``mechanisms``: the forwarder opens its own for as long as it runs.
         labels: its registration labels (default ``p2p=true``).
         remote: ``remote(url) -> bool``, whether a next hop is on another node (default: by
             scheme; in-process meshes tell it).
@@ -220,13 +330,53 @@ async def serve_forwarder(
         lease_options: for its registration lease.
         transport_options: for ``transport.serve``.
     """
-    forwarder = Forwarder(
-        name,
-        tokens=tokens or JwtTokenProvider(f"spiffe://trionsm.local/forwarder/{name}", clock=clock),
-        mechanisms=mechanisms,
-        remote=remote,
-        clock=clock,
-    )
+    tokens = tokens or JwtTokenProvider(f"spiffe://trionsm.local/forwarder/{name}", clock=clock)
+    async with _dataplane_for(mechanisms, dataplane) as chosen:
+        forwarder = Forwarder(
+            name,
+            tokens=tokens,
+            mechanisms=mechanisms,
+            remote=remote,
+            clock=clock,
+            dataplane=chosen,
+        )
+        await _serve(
+            forwarder,
+            url,
+            nsmgr=nsmgr,
+            labels=labels,
+            public_url=public_url,
+            client_options=client_options,
+            lease_options=lease_options,
+            task_status=task_status,
+            **transport_options,
+        )
+
+
+@asynccontextmanager
+async def _dataplane_for(
+    mechanisms: Sequence[str], dataplane: DataPlane | None
+) -> AsyncIterator[DataPlane | None]:
+    if dataplane is not None or KERNEL not in mechanisms:
+        yield dataplane
+        return
+    async with open_dataplane() as owned:
+        yield owned
+
+
+async def _serve(
+    forwarder: Forwarder,
+    url: str,
+    *,
+    nsmgr: str,
+    labels: Mapping[str, str] | None,
+    public_url: str | None,
+    client_options: Mapping[str, Any] | None,
+    lease_options: Mapping[str, Any] | None,
+    task_status: trio.TaskStatus[ForwarderHandle],
+    **transport_options: Any,
+) -> None:
+    name = forwarder.name
     options = dict(client_options or {})
     handlers = {NETWORK_SERVICE: forwarder, MONITOR_CONNECTION: forwarder, HEALTH: Health()}
     bound: dict[str, str] = {}
