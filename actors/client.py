@@ -13,6 +13,8 @@ given, the data-plane watcher:
   ``DOWN`` or ``DELETE`` for the connection, or a broken stream, means the control plane broke;
 * **liveness** (optional): ``await liveness(connection)`` every ``liveness_interval``, each check
   bounded by ``liveness_timeout`` (a timeout counts as dead); False means the data plane broke.
+  A ``kernel://`` connection with ``netns`` gets :func:`kernel_liveness` (ICMP from the client's
+  namespace over the wire) by default, as cmd-nsc does.
 
 When a child reports a broken path, the nursery is cancelled and the connection heals (NSM's
 heal, nsm-reference §2.5):
@@ -43,7 +45,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -57,12 +59,17 @@ from trionsm.api.connection import (
 )
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.clock import Clock, current_clock
-from trionsm.errors import DeadlineExceeded, TrionsmError
+from trionsm.errors import DeadlineExceeded, InvalidArgument, TrionsmError
 from trionsm.identity import JwtTokenProvider, TokenProvider, client_metadata
 from trionsm.transport import Client, open_client
 
+from ._liveness import choose_liveness, kernel_liveness
+from ._mechanisms import KERNEL, kernel_mechanism
 from ._nsurl import parse_nsurl
 from ._path import refresh_after, restore_hop, update_path, update_token
+
+if TYPE_CHECKING:
+    from trionsm.kernel import Netlink
 
 __all__ = [
     "DEFAULT_LIVENESS_INTERVAL",
@@ -72,6 +79,7 @@ __all__ = [
     "ConnectionEvent",
     "EventKind",
     "LivenessCheck",
+    "kernel_liveness",
     "open_connection",
     "reselect_default",
 ]
@@ -427,9 +435,12 @@ async def open_connection(
     connection_id: str | None = None,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     reselect: Callable[[Connection], Connection] = reselect_default,
-    liveness: LivenessCheck | None = None,
+    netns: str | None = None,
+    mtu: int | None = None,
+    liveness: LivenessCheck | bool | None = None,
     liveness_interval: float = DEFAULT_LIVENESS_INTERVAL,
     liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+    netlink: Netlink | None = None,
     close_on_exit: bool = True,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
@@ -446,10 +457,16 @@ async def open_connection(
         connection_id: the first segment's id (default ``<name>-<n>``, as cmd-nsc does).
         request_timeout: how long the first Request is retried, and each Request's bound.
         reselect: how a heal changes the connection before requesting again.
-        liveness: the data-plane check (``async (connection) -> bool``); None: none, so every
-            heal reselects. (The kernel data plane's ICMP check plugs in here.)
-        liveness_interval: seconds between liveness checks.
-        liveness_timeout: seconds one check may take before it counts as dead.
+        netns: for ``kernel://``: the network namespace the interface goes into, as an
+            ``inodeURL`` (``file:///run/netns/<name>``, ``file:///proc/<pid>/ns/net``), put in
+            the KERNEL preference; the forwarder refuses a KERNEL request without one.
+        mtu: for ``kernel://``: the interface's MTU (68..65535), put in the KERNEL preference.
+        liveness: the data-plane check (``async (connection) -> bool``); False: none; None:
+            :func:`kernel_liveness` of ``netns`` for a ``kernel://`` connection with ``netns``,
+            else none. Without a check every heal reselects.
+        liveness_interval: seconds between liveness checks (200 ms, as cmd-nsc).
+        liveness_timeout: seconds one check may take before it counts as dead (1 s, as cmd-nsc).
+        netlink: the kernel executor for the default liveness check (default: the run's).
         close_on_exit: Close the connection when the block exits; False leaves it to expire
             at every hop (a client that vanished).
         client: an open client to the nsmgr to share (many connections, one channel);
@@ -457,9 +474,22 @@ async def open_connection(
         client_options: for ``open_client`` (``roundtrip_bytes``, ``ssl_context``...).
 
     Raises:
-        InvalidArgument: a bad URL; the first Request's last error when it never succeeded.
+        InvalidArgument: a bad URL, interface name or MTU; ``netns`` or ``mtu`` for another
+            mechanism than KERNEL.
+        TrionsmError: the first Request's last error when it never succeeded.
     """
     target = parse_nsurl(url)
+    preference = target.to_mechanism()
+    if target.mechanism == KERNEL:
+        preference = kernel_mechanism(netns or "", target.interface or "", mtu=mtu)
+    elif netns is not None or mtu is not None:
+        raise InvalidArgument(
+            f"netns and mtu are for kernel:// connections, not {url!r}",
+            service=target.network_service,
+        )
+    check = choose_liveness(
+        liveness, preference, netns=netns, timeout=liveness_timeout, netlink=netlink
+    )
     nsmgr_url = nsmgr or os.environ.get("NSM_NSMGR_URL") or DEFAULT_NSMGR_URL
     client_name = name or f"nsc-{os.getpid()}"
     clock = clock or current_clock()
@@ -469,7 +499,7 @@ async def open_connection(
         network_service=target.network_service,
         labels={**target.labels, **dict(labels or {})},
     )
-    request = NetworkServiceRequest(connection=first, mechanism_preferences=[target.to_mechanism()])
+    request = NetworkServiceRequest(connection=first, mechanism_preferences=[preference])
     async with AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(open_client(nsmgr_url, **client_options))
@@ -481,7 +511,7 @@ async def open_connection(
             clock=clock,
             request_timeout=request_timeout,
             reselect=reselect,
-            liveness=liveness,
+            liveness=check,
             liveness_interval=liveness_interval,
             liveness_timeout=liveness_timeout,
         )
