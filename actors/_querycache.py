@@ -65,8 +65,8 @@ class QueryCache:
         cached = await self._get(
             self._endpoints,
             bytes(query),
-            lambda: self._find_endpoints(query, watch=False),
-            partial_endpoints(self, query),
+            lambda: self._read("endpoint", query, watch=False),
+            self._watcher("endpoint", query),
         )
         return list(cached.entries.values())
 
@@ -75,8 +75,8 @@ class QueryCache:
         cached = await self._get(
             self._services,
             name,
-            lambda: self._find_services(name, watch=False),
-            partial_services(self, name),
+            lambda: self._read("service", name, watch=False),
+            self._watcher("service", name),
         )
         return cached.entries.get(name)
 
@@ -135,58 +135,39 @@ class QueryCache:
                 query.scope.cancel()
                 return
 
-    async def _find_endpoints(
-        self, query: NetworkServiceEndpoint, *, watch: bool, into: _Query[Any] | None = None
+    def _stream(self, kind: str, key: Any, *, watch: bool) -> Any:
+        """The Find stream for an endpoint query or a service name."""
+        timeout = None if watch else self._bound
+        if kind == "endpoint":
+            request: Any = NetworkServiceEndpointQuery(network_service_endpoint=key, watch=watch)
+            return self._client.nse_registry.find(request, timeout=timeout)
+        request = NetworkServiceQuery(network_service=NetworkService(name=key), watch=watch)
+        return self._client.ns_registry.find(request, timeout=timeout)
+
+    async def _read(
+        self, kind: str, key: Any, *, watch: bool, into: _Query[Any] | None = None
     ) -> list[tuple[str, Any, bool]]:
+        """Run a Find: collect its answers, or (``into``) apply them to a cached query."""
         found: list[tuple[str, Any, bool]] = []
-        request = NetworkServiceEndpointQuery(network_service_endpoint=query, watch=watch)
-        async with self._client.nse_registry.find(
-            request, timeout=None if watch else self._bound
-        ) as stream:
+        async with self._stream(kind, key, watch=watch) as stream:
             async for response in stream:
-                nse = response.network_service_endpoint
-                if nse is None:
+                entry = (
+                    response.network_service_endpoint
+                    if kind == "endpoint"
+                    else response.network_service
+                )
+                if entry is None:
                     continue
                 if into is None:
-                    found.append((nse.name, nse, response.deleted))
+                    found.append((entry.name, entry, response.deleted))
                 elif response.deleted:
-                    into.entries.pop(nse.name, None)
+                    into.entries.pop(entry.name, None)
                 else:
-                    into.entries[nse.name] = nse
+                    into.entries[entry.name] = entry
         return found
 
-    async def _find_services(
-        self, name: str, *, watch: bool, into: _Query[Any] | None = None
-    ) -> list[tuple[str, Any, bool]]:
-        found: list[tuple[str, Any, bool]] = []
-        request = NetworkServiceQuery(network_service=NetworkService(name=name), watch=watch)
-        async with self._client.ns_registry.find(
-            request, timeout=None if watch else self._bound
-        ) as stream:
-            async for response in stream:
-                ns = response.network_service
-                if ns is None:
-                    continue
-                if into is None:
-                    found.append((ns.name, ns, response.deleted))
-                elif response.deleted:
-                    into.entries.pop(ns.name, None)
-                else:
-                    into.entries[ns.name] = ns
-        return found
+    def _watcher(self, kind: str, key: Any) -> Callable[[_Query[Any]], Awaitable[None]]:
+        async def watch(into: _Query[Any]) -> None:
+            await self._read(kind, key, watch=True, into=into)
 
-
-def partial_endpoints(
-    cache: QueryCache, query: NetworkServiceEndpoint
-) -> Callable[[_Query[Any]], Awaitable[None]]:
-    async def watch(into: _Query[Any]) -> None:
-        await cache._find_endpoints(query, watch=True, into=into)
-
-    return watch
-
-
-def partial_services(cache: QueryCache, name: str) -> Callable[[_Query[Any]], Awaitable[None]]:
-    async def watch(into: _Query[Any]) -> None:
-        await cache._find_services(name, watch=True, into=into)
-
-    return watch
+        return watch
