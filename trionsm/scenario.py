@@ -20,6 +20,14 @@ The same roles also run as real processes (``python -m trionsm.cli ...`` over un
 :func:`open_process_mesh` (:class:`ProcessMesh`: start, ``kill`` = SIGKILL, ``stop`` = SIGTERM,
 ``restart`` on the same socket, ``leaks``), from :mod:`trionsm._processes`.
 
+With ``kernel=True`` the forwarders program KERNEL wires (``mechanisms=(KERNEL, NOOP)``) through
+one kernel executor the mesh owns (:attr:`Mesh.netlink`, closed when the mesh exits), and clients
+use it for their liveness checks. The actors still run in this process; only interfaces live in
+namespaces: ``add_endpoint(..., netns=url)`` serves an NSE "in" a namespace and
+``connect("kernel://svc/nsm-1", netns=url)`` puts a client's interface in one.
+:meth:`Mesh.add_netns` makes a namespace the mesh deletes on exit, and :meth:`Mesh.remove_netns`
+deletes one now (a pod died: with its namespace go its interfaces, and the veth peers of those).
+
 Leaks: :meth:`Mesh.baseline` snapshots every role's supervision tree; :meth:`Mesh.leaks` then
 lists what is left behind (connections in a hop's monitor hub, connection actors, a tree that
 differs from its baseline), so a test ends with ``assert await mesh.leaks(baseline) == []``.
@@ -28,10 +36,12 @@ differs from its baseline), so a test ends with ``assert await mesh.leaks(baseli
 from __future__ import annotations
 
 import itertools
+import secrets
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -39,14 +49,18 @@ import trio.testing
 
 from trionsm._processes import ProcessMesh, RoleProcess, open_process_mesh
 from trionsm.actors._connection import ServerHop
+from trionsm.actors._mechanisms import KERNEL, NOOP
 from trionsm.actors.client import ClientConnection, open_connection
 from trionsm.actors.endpoint import serve_endpoint
-from trionsm.actors.forwarder import serve_forwarder
+from trionsm.actors.forwarder import DataPlane, serve_forwarder
 from trionsm.actors.lease import serve_service_lease
 from trionsm.actors.nsmgr import serve_nsmgr
 from trionsm.actors.registry import serve_registry
 from trionsm.api.registry import NetworkService
 from trionsm.supervision import SupervisorTree
+
+if TYPE_CHECKING:
+    from trionsm.kernel import Netlink
 
 __all__ = [
     "Mesh",
@@ -80,13 +94,24 @@ class Part:
 class Mesh:
     """A running in-process mesh (see :func:`open_mesh`)."""
 
-    def __init__(self, nursery: trio.Nursery, prefix: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        prefix: str,
+        options: dict[str, Any],
+        netlink: Netlink | None = None,
+        namespaces: list[str] | None = None,
+    ) -> None:
         self._nursery = nursery
         self._prefix = prefix
         self._options = options
         self.parts: dict[str, Part] = {}
         self.registry_url = f"inproc://{prefix}-registry"
         self.nodes: list[str] = []
+        self.netlink = netlink
+        """The kernel executor of a ``kernel=True`` mesh (None otherwise)."""
+        self.namespaces: list[str] = namespaces if namespaces is not None else []
+        """The names of the namespaces :meth:`add_netns` made (deleted when the mesh exits)."""
 
     def url(self, name: str) -> str:
         return f"inproc://{self._prefix}-{name}"
@@ -172,6 +197,9 @@ class Mesh:
         def remote(url: str) -> bool:  # towards another node's nsmgr
             return url in {self.nsmgr_url(i) for i in range(len(self.nodes))}
 
+        kernel: dict[str, Any] = {}
+        if self.netlink is not None:
+            kernel = {"mechanisms": (KERNEL, NOOP), "dataplane": DataPlane(self.netlink)}
         return await self._add(
             name,
             partial(
@@ -180,6 +208,7 @@ class Mesh:
                 self.url(name),
                 nsmgr=self.nsmgr_url(node),
                 remote=remote,
+                **kernel,
                 client_options={"roundtrip_bytes": self._options["roundtrip_bytes"]},
                 lease_options={"unregister": False},
                 roundtrip_bytes=self._options["roundtrip_bytes"],
@@ -229,6 +258,35 @@ class Mesh:
         lease = await self._add(name, start)
         registered: NetworkService = lease.current
         return registered
+
+    # -- namespaces ------------------------------------------------------------------------------
+
+    async def add_netns(self, prefix: str = "tnsm-") -> str:
+        """A new network namespace ``<prefix><random>``; returns its ``file:///run/netns/`` URL.
+
+        The mesh deletes it by its exact name when it exits (after its executor has let go).
+        """
+        name = f"{prefix}{secrets.token_hex(4)}"
+        self.namespaces.append(name)
+        await trio.run_process(["ip", "netns", "add", name])
+        return f"file:///run/netns/{name}"
+
+    async def remove_netns(self, url: str) -> None:
+        """Delete the namespace ``file:///run/netns/<name>`` now, as when a pod dies.
+
+        The mesh's executor first lets go of it (idle handles close), so nothing of ours keeps
+        it, and its interfaces, alive. Idempotent.
+        """
+        name = url.removeprefix("file:///run/netns/")
+        if self.netlink is not None:
+            from trionsm.errors import NotFound
+            from trionsm.kernel import resolve_namespace
+
+            try:
+                self.netlink.forget(await resolve_namespace(url))
+            except NotFound:
+                return
+        await trio.run_process(["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL)
 
     # -- leaks -----------------------------------------------------------------------------------
 
@@ -281,6 +339,8 @@ class Mesh:
         self, url: str, *, node: int = 0, **options: Any
     ) -> AsyncIterator[ClientConnection]:
         """A client connection through ``node``'s nsmgr (see ``open_connection``)."""
+        if self.netlink is not None:
+            options.setdefault("netlink", self.netlink)
         async with open_connection(
             url,
             nsmgr=self.nsmgr_url(node),
@@ -302,13 +362,31 @@ async def open_mesh(
     forwarders: int = 1,
     roundtrip_bytes: bool = True,
     registry_options: dict[str, Any] | None = None,
+    kernel: bool = False,
 ) -> AsyncIterator[Mesh]:
-    """A registry and ``nodes`` nodes in this Trio run; everything stops when the block exits."""
-    async with trio.open_nursery() as nursery:
+    """A registry and ``nodes`` nodes in this Trio run; everything stops when the block exits.
+
+    Args:
+        kernel: forwarders program KERNEL wires through one executor the mesh owns (see the
+            module docstring); on exit the actors stop, then the executor closes, then the
+            namespaces of :meth:`Mesh.add_netns` are deleted. Wires of connections still open
+            at exit are left to their namespaces.
+    """
+    namespaces: list[str] = []
+    async with AsyncExitStack() as stack:  # on exit: the actors, then the executor, then netns
+        stack.push_async_callback(_delete_namespaces, namespaces)
+        netlink = None
+        if kernel:
+            from trionsm.kernel import open_netlink
+
+            netlink = await stack.enter_async_context(open_netlink())
+        nursery = await stack.enter_async_context(trio.open_nursery())
         mesh = Mesh(
             nursery,
             f"mesh{next(_meshes)}",
             {"roundtrip_bytes": roundtrip_bytes, "registry_options": dict(registry_options or {})},
+            netlink,
+            namespaces,
         )
         await mesh._start_registry()
         for _ in range(nodes):
@@ -317,3 +395,12 @@ async def open_mesh(
             yield mesh
         finally:
             nursery.cancel_scope.cancel()
+
+
+async def _delete_namespaces(names: list[str]) -> None:
+    """Delete the namespaces ``names`` by their exact names (shielded; gone already is fine)."""
+    with trio.CancelScope(shield=True):
+        for name in names:
+            await trio.run_process(
+                ["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL
+            )
