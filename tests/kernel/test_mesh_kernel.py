@@ -8,6 +8,7 @@ Addresses come from 169.254.0.0/16 and fd00::/8 only.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -55,6 +56,14 @@ def forwarder_id(conn: ClientConnection) -> str:
 async def pings(mesh: Mesh, netns: str, targets: list[str]) -> bool:
     results = [await ping(netns, target, timeout=2.0, netlink=mesh.netlink) for target in targets]
     return all(results)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check()`` holds (bounded by the caller), looking every 50 ms."""
+    while True:
+        if await check():
+            return
+        await trio.sleep(0.05)
 
 
 def open_connections(mesh: Mesh) -> dict[str, int]:
@@ -193,6 +202,56 @@ async def test_interface_deleted_behind_the_mesh_fails_liveness_and_heals(host: 
                 await conn.wait_for(EventKind.HEALED)
                 assert await pings(mesh, client_ns, addresses(conn, "dst_ip_addrs"))
                 assert sorted(await host.links(client_ns)) == ["lo", "nsm-1"]
+                assert len(await host.links(nse_ns)) == 2
+            assert list(await host.links(client_ns)) == ["lo"]
+            assert list(await host.links(nse_ns)) == ["lo"]
+
+
+async def test_a_vanished_client_s_wire_is_removed_when_its_connection_expires(
+    host: Host,
+) -> None:
+    client_ns, nse_ns = await host.netns(), await host.netns()
+    async with open_mesh(kernel=True) as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.110.0/24", netns=nse_ns)
+        tokens = JwtTokenProvider("spiffe://trionsm.local/nsc/vanishing", lifetime=4.0)
+        with trio.fail_after(BOUND):
+            async with mesh.connect(
+                "kernel://icmp/nsm-1",
+                netns=client_ns,
+                tokens=tokens,
+                request_timeout=1.0,
+                close_on_exit=False,  # the client crashes: nobody closes, nobody refreshes
+            ):
+                assert sorted(await host.links(client_ns)) == ["lo", "nsm-1"]
+
+            async def all_closed() -> bool:  # at its tokens' expiry (about 3 s)
+                return set(open_connections(mesh).values()) == {0}
+
+            await eventually(all_closed)
+            assert list(await host.links(client_ns)) == ["lo"]
+            assert list(await host.links(nse_ns)) == ["lo"]
+
+
+async def test_a_restarted_forwarder_replaces_its_own_leftover_wire_on_re_request(
+    host: Host,
+) -> None:
+    client_ns, nse_ns = await host.netns(), await host.netns()
+    async with open_mesh(kernel=True) as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.111.0/24", netns=nse_ns)
+        with trio.fail_after(BOUND):
+            async with mesh.connect("kernel://icmp/nsm-1", netns=client_ns) as conn:
+                alias = f"trionsm:{forwarder_id(conn)}"
+                await mesh.kill("forwarder-0-0")  # its wire stays: nobody removed it
+                await mesh.restart("forwarder-0-0")
+                healed = await conn.wait_for(EventKind.HEALED)
+                assert "re-requested (data plane alive)" in healed.reason
+                assert forwarder_id(conn) == alias.removeprefix("trionsm:")  # same path ids
+                assert await pings(mesh, client_ns, addresses(conn, "dst_ip_addrs"))
+                links = await host.links(client_ns)
+                assert sorted(links) == ["lo", "nsm-1"]
+                assert links["nsm-1"]["ifalias"] == alias
                 assert len(await host.links(nse_ns)) == 2
             assert list(await host.links(client_ns)) == ["lo"]
             assert list(await host.links(nse_ns)) == ["lo"]
