@@ -307,3 +307,41 @@ async def test_concurrent_registers_are_found_as_soon_as_they_return(
             assert (late, unseen) == ([], [])
             assert len(await names(b)) == 1000
             assert len(handle_a.registry.store.endpoints) == 1000
+
+
+async def test_a_reload_feeds_watchers_no_faster_than_they_drain(etcd_server: EtcdServer) -> None:
+    """A reload after an outage applies its diff entry by entry, yielding between entries.
+
+    The whole prefix may have changed meanwhile (every entry expired): applied at once, that
+    diff once closed every watcher with ResourceExhausted (more events than its buffer).
+    """
+    from trionsm.actors.registry._etcd_store import EtcdStore
+
+    count, buffer = 500, 16
+    store = EtcdStore(f"etcd://{etcd_server.endpoint}/reload", watch_buffer=buffer)
+    async with open_etcd(etcd_server.endpoint) as client:
+        for i in range(count):
+            await client.put(f"/reload/nse/n{i}".encode(), bytes(nse(f"n{i}")))
+        store._client = client
+        received: list[str] = []
+        all_received = trio.Event()
+        with store.endpoints.watch(NetworkServiceEndpoint()) as (snapshot, watcher):
+            assert snapshot == []
+
+            async def drain(task_status: trio.TaskStatus[None]) -> None:
+                task_status.started()
+                async for change in watcher:
+                    received.append(change.value.name)
+                    if len(received) == 2 * count:
+                        all_received.set()
+
+            with trio.fail_after(15):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(drain)
+                    await store._load()
+                    await client.delete_prefix(b"/reload/nse/")
+                    await store._load()
+                    await all_received.wait()
+                    nursery.cancel_scope.cancel()
+            assert not watcher.overflowed
+        assert len(store.endpoints) == 0
