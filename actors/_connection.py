@@ -164,8 +164,8 @@ class ServerConnection(Actor):
                 self._expiry = scope
                 await trio.sleep_forever()
             if trio.current_time() >= self.deadline:
-                self.ref.cast(_Expire())
-                return
+                await self.ref.call(_Expire(), timeout=math.inf)  # waits out a full mailbox
+                # Still here: a refresh queued ahead of the expiry moved the deadline.
 
     def _move_deadline(self, deadline: float) -> None:
         self.deadline = deadline
@@ -176,6 +176,8 @@ class ServerConnection(Actor):
         try:
             if isinstance(message, _Request):
                 return await self._request(message)
+            if isinstance(message, _Expire) and trio.current_time() < self.deadline:
+                return None  # a refresh queued ahead of it moved the deadline: not expired
             if isinstance(message, _Close | _Expire | _Revoke):
                 await self._close()
                 return Empty()

@@ -204,8 +204,10 @@ class Forwarder(ServerHop):
             if same or "endpoint" not in actor.state:
                 pass
             elif actor.next is not None:  # moved to another endpoint: close the old one
-                await self._remove_wire(actor)
-                await self._close_at(actor.next, actor)
+                # Best effort: the old endpoint is usually why we moved (dead); it expires anyway.
+                with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(TrionsmError):
+                    await self._remove_wire(actor)
+                    await self._close_at(actor.next, actor)
             if dataplane is not None:
                 incoming = await self._plumb(dataplane, actor, incoming, reply, endpoint.url)
             actor.state["endpoint"] = endpoint.name
@@ -271,7 +273,7 @@ class Forwarder(ServerHop):
         client = await self.peers.client(next_hop.url)
         closing = dataclasses.replace(actor.connection, mechanism=actor.state.get("mechanism"))
         await client.network_service.close(
-            closing, timeout=actor.remaining(), metadata=token_metadata(self)
+            closing, timeout=CLOSE_TIMEOUT, metadata=token_metadata(self)
         )
 
     async def close_downstream(self, actor: ServerConnection) -> None:

@@ -42,7 +42,7 @@ from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
 from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 
-from ._connection import NextHop, ServerConnection, ServerHop
+from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
 from ._mechanisms import is_local_url
@@ -163,7 +163,7 @@ class Nsmgr(ServerHop):
             return
         client = await self.peers.client(actor.next.url)
         await client.network_service.close(
-            actor.connection, timeout=actor.remaining(), metadata=token_metadata(self)
+            actor.connection, timeout=CLOSE_TIMEOUT, metadata=token_metadata(self)
         )
 
     def forget(self, actor: ServerConnection) -> None:

@@ -48,7 +48,7 @@ import attrs
 import trio
 
 from trionsm.api.registry import NetworkService, NetworkServiceEndpoint
-from trionsm.errors import FailedPrecondition, InvalidArgument, NotFound, TrionsmError, Unavailable
+from trionsm.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from trionsm.transport import parse_url
 from trionsm.transport._etcd_client import MAX_TXN_OPS
 
@@ -402,7 +402,7 @@ class EtcdStore:
             self._mine[key] = write = _Write(lease)
             try:
                 revision = await client.put(self._key(kind, entry.name), bytes(value), lease=lease)
-            except TrionsmError as exc:
+            except BaseException as exc:  # cancelled too: leave nothing half-noted
                 if previous is None:
                     self._mine.pop(key, None)
                 else:
