@@ -64,6 +64,8 @@ class _PeerMonitor:
         self.listeners: dict[str, Listener] = {}
         self.wake = trio.Event()
         self.running = False
+        self.stopping = False  # its last listener left: the stream is being closed
+        self.scope: trio.CancelScope | None = None
 
 
 class Peers:
@@ -133,7 +135,7 @@ class Peers:
     def watch(self, url: str, connection_id: str, listener: Listener) -> Iterator[None]:
         """Call ``listener`` with every event about ``connection_id`` at ``url`` in the block."""
         monitor = self._monitors.get(url)
-        if monitor is None:
+        if monitor is None or monitor.stopping:
             monitor = self._monitors[url] = _PeerMonitor()
         monitor.listeners[connection_id] = listener
         if not monitor.running:
@@ -144,29 +146,39 @@ class Peers:
         finally:
             if monitor.listeners.get(connection_id) is listener:
                 del monitor.listeners[connection_id]
+            if not monitor.listeners:  # nobody left to tell: close the peer's stream
+                monitor.stopping = True
+                if monitor.scope is not None:
+                    monitor.scope.cancel()
 
     async def _monitor(self, url: str, monitor: _PeerMonitor) -> None:
-        delay = RETRY_MIN
         selector = MonitorScopeSelector(path_segments=[PathSegment(name=self._name)])
         try:
-            while monitor.listeners:
-                try:
-                    client = await self.client(url)
-                    async with client.monitor_connection.monitor_connections(selector) as stream:
-                        async for event in stream:
-                            delay = RETRY_MIN
-                            self._dispatch(monitor, event.type, event.connections)
-                    reason = "the peer ended its monitor stream"
-                except TrionsmError as exc:
-                    reason = str(exc)
-                for listener in list(monitor.listeners.values()):
-                    listener(PeerEvent(None, lost=True, reason=reason))
-                await trio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX)
+            with trio.CancelScope() as monitor.scope:
+                await self._follow_monitor(url, monitor, selector)
         finally:
             monitor.running = False
-            if not monitor.listeners:
-                self._monitors.pop(url, None)
+            if self._monitors.get(url) is monitor and not monitor.listeners:
+                del self._monitors[url]
+
+    async def _follow_monitor(
+        self, url: str, monitor: _PeerMonitor, selector: MonitorScopeSelector
+    ) -> None:
+        delay = RETRY_MIN
+        while monitor.listeners and not monitor.stopping:
+            try:
+                client = await self.client(url)
+                async with client.monitor_connection.monitor_connections(selector) as stream:
+                    async for event in stream:
+                        delay = RETRY_MIN
+                        self._dispatch(monitor, event.type, event.connections)
+                reason = "the peer ended its monitor stream"
+            except TrionsmError as exc:
+                reason = str(exc)
+            for listener in list(monitor.listeners.values()):
+                listener(PeerEvent(None, lost=True, reason=reason))
+            await trio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
 
     def _dispatch(
         self, monitor: _PeerMonitor, kind: ConnectionEventType, connections: dict[str, Connection]
