@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from trionsm.api.connection import Connection
 from trionsm.api.registry import (
     NetworkService,
     NetworkServiceEndpoint,
@@ -23,12 +24,13 @@ from trionsm.identity import client_metadata
 from trionsm.supervision import Strategy, open_supervisor
 from trionsm.transport import Client
 
-from ._connection import ServerHop
+from ._connection import CLOSE_TIMEOUT, NextHop, ServerHop
 from ._peers import Peers
 from ._querycache import QueryCache
 
 __all__ = [
     "Discovery",
+    "close_at",
     "find_endpoints",
     "find_service",
     "serve_connections",
@@ -69,6 +71,16 @@ async def serve_peers(
             await trio.sleep_forever()
         finally:
             hop.peers = None
+
+
+async def close_at(hop: ServerHop, next_hop: NextHop, connection: Connection) -> None:
+    """Close ``connection`` at ``next_hop`` (one call, bounded by ``CLOSE_TIMEOUT``)."""
+    if hop.peers is None:
+        return
+    client = await hop.peers.client(next_hop.url)
+    await client.network_service.close(
+        connection, timeout=CLOSE_TIMEOUT, metadata=token_metadata(hop)
+    )
 
 
 def token_metadata(hop: ServerHop) -> dict[str, str]:

@@ -65,7 +65,7 @@ from ._mechanisms import (
     noop_mechanism,
     with_parameters,
 )
-from ._role import Discovery, serve_connections, serve_peers, token_metadata
+from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
 from ._select import RoundRobin, all_failed_error, drop_expired, select_endpoints
 from .lease import Lease, serve_lease
 
@@ -268,13 +268,9 @@ class Forwarder(ServerHop):
             await self.dataplane.remove(wire, hop=self.name)
 
     async def _close_at(self, next_hop: NextHop, actor: ServerConnection) -> None:
-        if self.peers is None or actor.connection is None:
-            return
-        client = await self.peers.client(next_hop.url)
-        closing = dataclasses.replace(actor.connection, mechanism=actor.state.get("mechanism"))
-        await client.network_service.close(
-            closing, timeout=CLOSE_TIMEOUT, metadata=token_metadata(self)
-        )
+        if actor.connection is not None:
+            closing = dataclasses.replace(actor.connection, mechanism=actor.state.get("mechanism"))
+            await close_at(self, next_hop, closing)
 
     async def close_downstream(self, actor: ServerConnection) -> None:
         try:

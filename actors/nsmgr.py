@@ -42,13 +42,13 @@ from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
 from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 
-from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop
+from ._connection import NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
 from ._mechanisms import is_local_url
 from ._netsvcmonitor import watch_network_service
 from ._path import min_expires
-from ._role import Discovery, serve_connections, serve_peers, token_metadata
+from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
 from ._select import all_failed_error, drop_expired, prefer_named, select_forwarders
 from .forwarder import FORWARDER_SERVICE
 from .registry import serve_registry
@@ -159,12 +159,8 @@ class Nsmgr(ServerHop):
         actor.nursery.start_soon(run)
 
     async def close_downstream(self, actor: ServerConnection) -> None:
-        if actor.next is None or self.peers is None or actor.connection is None:
-            return
-        client = await self.peers.client(actor.next.url)
-        await client.network_service.close(
-            actor.connection, timeout=CLOSE_TIMEOUT, metadata=token_metadata(self)
-        )
+        if actor.next is not None and actor.connection is not None:
+            await close_at(self, actor.next, actor.connection)
 
     def forget(self, actor: ServerConnection) -> None:
         actor.state.pop("forwarder", None)
