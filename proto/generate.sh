@@ -7,8 +7,9 @@
 #
 # Include roots: NSM imports its files by bare name (import "connection.proto") and registers them
 # under bare descriptor names, so each NSM directory is its own root; grpc/health/v1/health.proto
-# keeps its canonical path under proto/. etcd's files import each other as "etcd/mvcc/mvccpb/..."
-# (their v3.4 paths), so proto/ is their root.
+# and our own admin service (trionsm/admin/v1/admin.proto) keep their canonical paths under
+# proto/. etcd's files import each other as "etcd/mvcc/mvccpb/..." (their v3.4 paths), so proto/
+# is their root.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,6 +31,7 @@ PROTOS=(
     proto/networkservice/connectioncontext.proto
     proto/networkservice/networkservice.proto
     proto/registry/registry.proto
+    proto/trionsm/admin/v1/admin.proto
 )
 
 ETCD_PROTOS=(
@@ -75,6 +77,15 @@ if [[ ! -s "$OUT/__init__.py" ]]; then
 
 Regenerate with `make proto`.
 """
+PY
+fi
+
+# Our own services live under package trionsm.* (trionsm.admin.v1); betterproto2 writes no
+# __init__.py for that top level, so the directory would only be a namespace package (which
+# setuptools' package discovery skips).
+if [[ ! -e "$OUT/trionsm/__init__.py" ]]; then
+    cat > "$OUT/trionsm/__init__.py" <<'PY'
+"""trionsm's own services (package ``trionsm.*`` in proto/), generated with the NSM model."""
 PY
 fi
 

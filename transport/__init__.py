@@ -11,7 +11,8 @@ Map:
 
 * :func:`serve` runs a server for a set of handlers (``{NETWORK_SERVICE: obj, ...}``) until
   cancelled; :func:`open_client` yields a :class:`Client` with typed stubs for every service.
-* :data:`METHODS`, :class:`ServiceSpec`, :class:`MethodSpec`: the NSM v1 services as data.
+* :data:`METHODS`, :class:`ServiceSpec`, :class:`MethodSpec`: the NSM v1 services as data
+  (and :data:`ADMIN`, trionsm's own admin service, with its :class:`AdminClient`).
 * :class:`CallContext` (deadline, metadata, peer) reaches every handler; :class:`CallOptions`
   carries a client's deadline and metadata.
 * :func:`parse_url` and :class:`Address`: the project's one URL parser.
@@ -39,6 +40,7 @@ from ._dispatch import Dispatcher, Handlers
 from ._entry import open_client, serve
 from ._inproc import InprocChannel, InprocFaults, InprocServer, serve_inproc
 from ._services import (
+    ADMIN,
     HEALTH,
     IPAM,
     METHODS,
@@ -52,6 +54,7 @@ from ._services import (
     ServiceSpec,
 )
 from ._stubs import (
+    AdminClient,
     Client,
     HealthClient,
     IpamClient,
@@ -80,6 +83,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ADMIN",
     "CLIENT_TOKEN",
     "CLIENT_TOKEN_EXPIRES",
     "HEALTH",
@@ -92,6 +96,7 @@ __all__ = [
     "REGISTRY_PATH",
     "SERVICES",
     "Address",
+    "AdminClient",
     "CallContext",
     "CallOptions",
     "Cardinality",

@@ -1,4 +1,5 @@
-"""The NSM v1 services as data: every method's path, message types, cardinality and handler name.
+"""The NSM v1 services (and trionsm's admin service) as data: every method's path, message
+types, cardinality and handler name.
 
 One table drives every carrier: a server looks a method up by its gRPC path, decodes the request
 type, calls ``getattr(handler, method.handler)`` and encodes the reply type; a client stub does the
@@ -32,8 +33,17 @@ from trionsm.api.registry import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
+from trionsm.api.trionsm.admin.v1 import (
+    ConnectionsRequest,
+    ConnectionsResponse,
+    CrashRequest,
+    CrashResponse,
+    TreeRequest,
+    TreeResponse,
+)
 
 __all__ = [
+    "ADMIN",
     "HEALTH",
     "IPAM",
     "METHODS",
@@ -139,6 +149,14 @@ HEALTH = _service(
     ("Watch", HealthCheckRequest, HealthCheckResponse, _STREAM, "watch"),
 )
 
+ADMIN = _service(
+    "trionsm.admin.v1.Admin",
+    ("Tree", TreeRequest, TreeResponse, _UNARY, "tree"),
+    ("Connections", ConnectionsRequest, ConnectionsResponse, _UNARY, "connections"),
+    ("Crash", CrashRequest, CrashResponse, _UNARY, "crash"),
+)
+"""trionsm's own admin service (``trionsm node``): not part of NSM's API."""
+
 SERVICES: tuple[ServiceSpec, ...] = (
     NETWORK_SERVICE,
     MONITOR_CONNECTION,
@@ -146,8 +164,9 @@ SERVICES: tuple[ServiceSpec, ...] = (
     NSE_REGISTRY,
     IPAM,
     HEALTH,
+    ADMIN,
 )
-"""Every service trionsm speaks."""
+"""Every service trionsm speaks: NSM v1's, gRPC health, and trionsm's admin service."""
 
 METHODS: dict[str, MethodSpec] = {m.path: m for s in SERVICES for m in s.methods}
 """Every method by its gRPC path."""

@@ -31,9 +31,18 @@ from trionsm.api.registry import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
+from trionsm.api.trionsm.admin.v1 import (
+    ConnectionsRequest,
+    ConnectionsResponse,
+    CrashRequest,
+    CrashResponse,
+    TreeRequest,
+    TreeResponse,
+)
 
 from ._channel import CallOptions, Channel, ClientStream
 from ._services import (
+    ADMIN,
     HEALTH,
     IPAM,
     MONITOR_CONNECTION,
@@ -44,6 +53,7 @@ from ._services import (
 )
 
 __all__ = [
+    "AdminClient",
     "Client",
     "HealthClient",
     "IpamClient",
@@ -196,11 +206,33 @@ class HealthClient(_Stub):
         return self._stream("watch", request, HealthCheckResponse, timeout, metadata)
 
 
+class AdminClient(_Stub):
+    """``trionsm.admin.v1.Admin``: a node's supervision tree, its connections, Crash."""
+
+    _service = ADMIN
+
+    async def tree(
+        self, request: TreeRequest, *, timeout: float | None = None, metadata: Meta = None
+    ) -> TreeResponse:
+        return await self._unary("tree", request, TreeResponse, timeout, metadata)
+
+    async def connections(
+        self, request: ConnectionsRequest, *, timeout: float | None = None, metadata: Meta = None
+    ) -> ConnectionsResponse:
+        return await self._unary("connections", request, ConnectionsResponse, timeout, metadata)
+
+    async def crash(
+        self, request: CrashRequest, *, timeout: float | None = None, metadata: Meta = None
+    ) -> CrashResponse:
+        return await self._unary("crash", request, CrashResponse, timeout, metadata)
+
+
 class Client:
     """Typed clients for every service on one channel (what ``open_client`` yields).
 
     Attributes:
-        network_service, monitor_connection, ns_registry, nse_registry, ipam, health: the stubs.
+        network_service, monitor_connection, ns_registry, nse_registry, ipam, health, admin: the
+            stubs.
         channel: the carrier's channel underneath.
     """
 
@@ -212,6 +244,7 @@ class Client:
         self.nse_registry = NetworkServiceEndpointRegistryClient(channel, default_timeout)
         self.ipam = IpamClient(channel, default_timeout)
         self.health = HealthClient(channel, default_timeout)
+        self.admin = AdminClient(channel, default_timeout)
 
     @property
     def target(self) -> str:

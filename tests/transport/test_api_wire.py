@@ -35,11 +35,13 @@ from trionsm.api import registry as reg
 from trionsm.api.google.protobuf import Empty
 from trionsm.api.grpc.health import v1 as health
 from trionsm.api.message_pool import default_message_pool
+from trionsm.api.trionsm.admin import v1 as admin
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # As in proto/generate.sh: each NSM directory is its own root (NSM imports by bare file name).
 INCLUDES = ["proto/networkservice", "proto/registry", "proto/ipam", "proto"]
 PB2_ORDER = ["connectioncontext", "connection", "networkservice", "registry", "ipam", "health"]
+PB2_ORDER += ["admin"]  # trionsm's own admin service (trionsm/admin/v1/admin.proto)
 API_MODULES = [trionsm.api] + [
     importlib.import_module(m.name)
     for m in pkgutil.walk_packages(trionsm.api.__path__, "trionsm.api.")
@@ -78,6 +80,12 @@ NSM_METHODS = {  # path: (cardinality, request, reply), as NSM (and grpc.health.
     "/ipam.IPAM/ManagePrefixes": (B, ipam.PrefixRequest, ipam.PrefixResponse),
     "/grpc.health.v1.Health/Check": (U, health.HealthCheckRequest, health.HealthCheckResponse),
     "/grpc.health.v1.Health/Watch": (S, health.HealthCheckRequest, health.HealthCheckResponse),
+}
+ADMIN = "/trionsm.admin.v1.Admin/"
+SERVED_METHODS = NSM_METHODS | {  # and trionsm's own admin service (not NSM's)
+    f"{ADMIN}Tree": (U, admin.TreeRequest, admin.TreeResponse),
+    f"{ADMIN}Connections": (U, admin.ConnectionsRequest, admin.ConnectionsResponse),
+    f"{ADMIN}Crash": (U, admin.CrashRequest, admin.CrashResponse),
 }
 
 
@@ -321,7 +329,7 @@ def test_server_bases_serve_exactly_nsm_methods() -> None:
     handlers = [(p, h) for base in BASES for p, h in base().__mapping__().items()]
     served = {p: (h.cardinality, h.request_type, h.reply_type) for p, h in handlers}
     assert len(served) == len(handlers), "two bases serve the same path"
-    assert served == NSM_METHODS
+    assert served == SERVED_METHODS
 
 
 class _Called(Exception):
@@ -347,7 +355,7 @@ async def test_client_stubs_call_exactly_nsm_methods() -> None:
                 await step
     called = {path: (card, reply) for path, card, reply in channel.calls}
     assert len(called) == len(channel.calls), "two stub methods call the same path"
-    assert called == {p: (card, reply) for p, (card, _, reply) in NSM_METHODS.items()}
+    assert called == {p: (card, reply) for p, (card, _, reply) in SERVED_METHODS.items()}
 
 
 def test_services_in_proto_are_nsm_methods(pb2: SimpleNamespace) -> None:
@@ -362,7 +370,7 @@ def test_services_in_proto_are_nsm_methods(pb2: SimpleNamespace) -> None:
         for svc in services
         for m in svc.methods
     }
-    assert from_protoc == NSM_METHODS
+    assert from_protoc == SERVED_METHODS
 
 
 # ----------------------------------------------------- 3. interop with the protobuf runtime

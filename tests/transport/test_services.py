@@ -11,6 +11,7 @@ from trionsm.api.grpc.health.v1 import HealthBase
 from trionsm.api.ipam import IpamBase
 from trionsm.api.networkservice import NetworkServiceBase
 from trionsm.api.registry import NetworkServiceEndpointRegistryBase, NetworkServiceRegistryBase
+from trionsm.api.trionsm.admin.v1 import AdminBase
 from trionsm.transport import METHODS, SERVICES, Cardinality, Dispatcher
 
 BASES: list[type[ServiceBase]] = [
@@ -20,6 +21,7 @@ BASES: list[type[ServiceBase]] = [
     NetworkServiceEndpointRegistryBase,
     IpamBase,
     HealthBase,
+    AdminBase,
 ]
 CARDINALITY = {
     GrpcCardinality.UNARY_UNARY: Cardinality.UNARY_UNARY,

@@ -1,0 +1,1 @@
+"""trionsm's own services (package ``trionsm.*`` in proto/), generated with the NSM model."""
