@@ -15,6 +15,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Sequence
+from urllib.parse import quote, unquote
 
 import attrs
 
@@ -30,9 +31,11 @@ __all__ = [
     "PolicyPlan",
     "RoutePlan",
     "SidePlan",
+    "WireAlias",
     "WirePlan",
     "alias_for",
     "check_ifname",
+    "parse_alias",
     "plan_wire",
 ]
 
@@ -44,6 +47,7 @@ ALIAS_PREFIX = "trionsm:"
 DEFAULT_CLIENT_IFNAME = "nsm-1"
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 _ALIAS_MAX = 255  # IFALIASZ - 1
+_OWNER_SAFE = "@/+=,~"  # besides letters, digits and "_.-": readable, and never ":" or "%"
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _PROTOCOLS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "ipv6-icmp": 58, "sctp": 132}
 
@@ -90,9 +94,46 @@ class WirePlan:
     endpoint: SidePlan
 
 
-def alias_for(connection_id: str) -> str:
-    """The alias every interface of connection ``connection_id`` carries."""
-    return ALIAS_PREFIX + connection_id
+@attrs.frozen
+class WireAlias:
+    """What an interface's alias says: which forwarder made it, for which client connection.
+
+    Attributes:
+        owner: the forwarder's name (``""`` for an alias without one).
+        connection_id: the NSC's connection id (path segment 0's id: stable across refreshes,
+            re-requests and reselects, so a new forwarder recognises the same client's old wire).
+    """
+
+    owner: str
+    connection_id: str
+
+    def __str__(self) -> str:
+        return alias_for(self.connection_id, self.owner)
+
+
+def alias_for(connection_id: str, owner: str = "") -> str:
+    """The alias every interface of ``connection_id`` made by forwarder ``owner`` carries:
+    ``trionsm:<owner>:<connection id>``, the owner percent-encoded so that it holds no ``:``
+    (``trionsm:<connection id>`` without an owner). :func:`parse_alias` reads it back."""
+    if not owner:
+        return ALIAS_PREFIX + connection_id
+    return f"{ALIAS_PREFIX}{quote(owner, safe=_OWNER_SAFE)}:{connection_id}"
+
+
+def parse_alias(alias: str | None) -> WireAlias | None:
+    """The :class:`WireAlias` of an interface alias, or None when it is not one of ours.
+
+    ``trionsm:<owner>:<id>`` gives both; ``trionsm:<id>`` (no second ``:``) gives no owner.
+    """
+    if not alias or not alias.startswith(ALIAS_PREFIX):
+        return None
+    rest = alias.removeprefix(ALIAS_PREFIX)
+    owner, colon, connection_id = rest.partition(":")
+    if not colon:
+        return WireAlias("", rest) if rest else None
+    if not owner or not connection_id:
+        return None
+    return WireAlias(unquote(owner), connection_id)
 
 
 def check_ifname(name: str, field: str, *, hop: str | None) -> str:
@@ -117,14 +158,16 @@ def plan_wire(
     mtu: int,
     ip_context: IpContext | None,
     hop: str | None,
+    owner: str = "",
 ) -> WirePlan:
     """Check everything and build the plan. ``client_ifname`` defaults to ``nsm-1`` and
-    ``endpoint_ifname`` to ``nsm-`` plus 11 hex digits of the connection id's SHA-1.
+    ``endpoint_ifname`` to ``nsm-`` plus 11 hex digits of the connection id's SHA-1; the alias
+    is ``alias_for(connection_id, owner)``.
 
     Raises:
         InvalidArgument: naming the field and what is wrong with it.
     """
-    alias = alias_for(connection_id)
+    alias = alias_for(connection_id, owner)
     if not connection_id or not connection_id.isprintable():
         raise InvalidArgument(f"connection id {connection_id!r} is empty or unprintable", hop=hop)
     if len(alias.encode()) > _ALIAS_MAX:
