@@ -11,6 +11,11 @@ Map:
   :func:`remove_wire` deletes a connection's interfaces by alias; :func:`check_wire` says whether
   a wire is still whole (a refresh); :func:`list_wires` lists the :class:`WireInterface` carrying
   our aliases, for reconcile.
+* :func:`create_vxlan_end` makes one side of a remote connection's VXLAN wire: a vxlan device
+  whose tunnel lives in the node's underlay namespace and whose interface lives in the workload's
+  (:class:`VxlanEnd`); the kernel's refusal of a VNI already used in that underlay is
+  :class:`VniInUse`; :func:`vxlan_macs` derives both sides' MAC addresses from the tunnel.
+  ``remove_wire``, ``check_wire`` and ``list_wires`` take vxlan ends as well.
 * :func:`ping` and :func:`check_liveness`: ICMP echo from inside a namespace (NSM's kernel
   liveness check: every src/dst pair, ``LIVENESS_PACKETS`` echoes over ``LIVENESS_TIMEOUT``).
 * :class:`Netlink`, from :func:`open_netlink` (owned, closed on exit) or :func:`current_netlink`
@@ -49,27 +54,42 @@ from ._veth import (
     list_wires,
     remove_wire,
 )
+from ._vxlan import (
+    DEFAULT_VXLAN_PORT,
+    MAX_VNI,
+    Side,
+    VniInUse,
+    VxlanEnd,
+    create_vxlan_end,
+    vxlan_macs,
+)
 from ._wireplan import ALIAS_PREFIX, DEFAULT_CLIENT_IFNAME, IFNAME_MAX, WirePlan, plan_wire
 
 __all__ = [
     "ALIAS_PREFIX",
     "DEFAULT_CLIENT_IFNAME",
+    "DEFAULT_VXLAN_PORT",
     "IFNAME_MAX",
     "LIVENESS_INTERVAL",
     "LIVENESS_PACKETS",
     "LIVENESS_TIMEOUT",
+    "MAX_VNI",
     "KernelWire",
     "Lane",
     "Namespace",
     "Netlink",
     "NetlinkLimits",
     "NetlinkStatistics",
+    "Side",
+    "VniInUse",
+    "VxlanEnd",
     "WireEnd",
     "WireInterface",
     "WirePlan",
     "check_liveness",
     "check_wire",
     "create_kernel_wire",
+    "create_vxlan_end",
     "current_netlink",
     "inode_url",
     "list_wires",
@@ -78,4 +98,5 @@ __all__ = [
     "plan_wire",
     "remove_wire",
     "resolve_namespace",
+    "vxlan_macs",
 ]

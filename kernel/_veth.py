@@ -7,7 +7,7 @@ same time, each by a handle in its own namespace: the final name and the alias
 ``trionsm:<connection id>`` in one message, addresses (IPv6 with ``nodad``), link up, neighbours,
 routes and policy routes. We choose both MAC addresses, so each end gets permanent neighbour
 entries for the other end's addresses (no ARP or neighbour discovery on a point-to-point wire),
-and the call returns only once both ends can carry traffic (see :func:`_wait_until_ready`): the
+and the call returns only once both ends can carry traffic (see :func:`wait_until_ready`): the
 first ping through a new wire is answered. If any step fails, or the caller is cancelled, the
 pair is deleted (deleting one end deletes both, and addresses and routes go with it; policy rules
 are removed explicitly), so nothing half-made remains. The only window where a crash could leave
@@ -28,7 +28,7 @@ import os
 import secrets
 from collections.abc import Iterable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -36,11 +36,12 @@ import trio
 from trionsm.api.connectioncontext import IpContext
 from trionsm.errors import NotFound, TrionsmError
 
-from ._handles import Handle, KernelFailure, Lane, step
+from ._handles import Handle, Lane, step
+from ._linkconfig import configure_end, delete_index, random_mac, wait_until_ready
 from ._netlink import Netlink, current_netlink
 from ._netns import Namespace, open_namespace, resolve_namespace
-from ._routes import add_policy, add_route, remove_orphan_rules, remove_policies, unless
-from ._wireplan import ALIAS_PREFIX, Address, SidePlan, alias_for, plan_wire
+from ._routes import remove_orphan_rules, remove_policies, unless
+from ._wireplan import ALIAS_PREFIX, SidePlan, alias_for, plan_wire
 
 __all__ = [
     "KernelWire",
@@ -52,11 +53,7 @@ __all__ = [
     "remove_wire",
 ]
 
-_IFA_F_NODAD = 0x02
-_NUD_PERMANENT = 0x80
-_RTN_LOCAL = 2
 _ROLLBACK_GRACE = 10.0
-_UP_TIMEOUT = 2.0  # then the wire is returned anyway: liveness checks will tell
 
 
 @attrs.frozen
@@ -77,6 +74,22 @@ class KernelWire:
     endpoint: WireEnd
     mtu: int
 
+    @property
+    def ends(self) -> tuple[WireEnd, ...]:
+        """Its interfaces: the client's end, then the endpoint's."""
+        return (self.client, self.endpoint)
+
+
+class HasEnds(Protocol):
+    """A wire of any kind, as :func:`check_wire` sees it: a connection id and its interfaces
+    (a veth pair's two ends, or the single interface of a vxlan end)."""
+
+    @property
+    def connection_id(self) -> str: ...
+
+    @property
+    def ends(self) -> tuple[WireEnd, ...]: ...
+
 
 @attrs.frozen
 class WireInterface:
@@ -87,6 +100,8 @@ class WireInterface:
     index: int
     peer_index: int | None
     up: bool
+    kind: str = ""
+    """The link kind: ``veth`` or ``vxlan``."""
 
 
 async def create_kernel_wire(
@@ -100,11 +115,13 @@ async def create_kernel_wire(
     ip_context: IpContext | None = None,
     hop: str | None = None,
     netlink: Netlink | None = None,
+    owner: str = "",
 ) -> KernelWire:
     """Create and configure the veth pair of a KERNEL connection; see the module docstring.
 
     Args:
-        connection_id: the connection's id; both ends get the alias ``trionsm:<id>``.
+        connection_id: the connection's id; both ends get the alias ``trionsm:<owner>:<id>``
+            (``trionsm:<id>`` without an ``owner``, the forwarder that makes the wire).
         client_ns, endpoint_ns: namespaces as ``inodeURL`` strings or resolved.
         client_ifname: the client end's name (``""`` means ``nsm-1``).
         endpoint_ifname: the endpoint end's name (``""`` derives one from the connection id).
@@ -123,14 +140,20 @@ async def create_kernel_wire(
         TrionsmError: any other kernel refusal, naming the step.
     """
     plan = plan_wire(
-        connection_id, client_ifname, endpoint_ifname, mtu=mtu, ip_context=ip_context, hop=hop
+        connection_id,
+        client_ifname,
+        endpoint_ifname,
+        mtu=mtu,
+        ip_context=ip_context,
+        hop=hop,
+        owner=owner,
     )
     netlink = netlink or current_netlink()
     client = await resolve_namespace(client_ns, hop=hop)
     endpoint = await resolve_namespace(endpoint_ns, hop=hop)
     token = secrets.token_hex(6)
     temporary = (f"tc{token}", f"te{token}")
-    macs = (_random_mac(), _random_mac())
+    macs = (random_mac(), random_mac())
     create = partial(
         _create_pair, names=temporary, macs=macs, mtu=plan.mtu, peer_namespace=endpoint, hop=hop
     )
@@ -143,7 +166,7 @@ async def create_kernel_wire(
         ) -> None:
             peers = tuple(a.ip for a in peer.addresses)
             job = partial(
-                _configure, index=index, side=side, alias=plan.alias, peer=(peers, peer_mac)
+                configure_end, index=index, side=side, alias=plan.alias, peer=(peers, peer_mac)
             )
             try:
                 await netlink.run(namespace, job, hop=hop)
@@ -158,7 +181,7 @@ async def create_kernel_wire(
         if failures:
             raise failures[0]
         ends = ((client, client_index, plan.client), (endpoint, endpoint_index, plan.endpoint))
-        await _wait_until_ready(netlink, ends, hop=hop)
+        await wait_until_ready(netlink, ends, hop=hop)
     except BaseException as exc:
         with trio.move_on_after(_ROLLBACK_GRACE, shield=True):
             try:
@@ -223,11 +246,12 @@ async def remove_wire(
 
 
 async def check_wire(
-    wire: KernelWire, *, hop: str | None = None, netlink: Netlink | None = None
+    wire: HasEnds, *, hop: str | None = None, netlink: Netlink | None = None
 ) -> bool:
-    """Whether ``wire`` is still whole: each end's namespace has an interface of that name that
-    carries the wire's alias and is up. A lookup by name in each namespace, concurrently, in the
-    ``PROBE`` lane; a namespace that is gone counts as a missing end.
+    """Whether ``wire`` (a :class:`KernelWire` or a vxlan end) is still whole: each end's
+    namespace has an interface of that name that carries the wire's alias and is up. A lookup by
+    name in each namespace, concurrently, in the ``PROBE`` lane; a namespace that is gone counts
+    as a missing end.
 
     Raises:
         PermissionDenied, InvalidArgument: a namespace that cannot be entered.
@@ -245,8 +269,8 @@ async def check_wire(
             found.append(False)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(probe, wire.client)
-        nursery.start_soon(probe, wire.endpoint)
+        for end in wire.ends:
+            nursery.start_soon(probe, end)
     return all(found)
 
 
@@ -295,70 +319,6 @@ def _create_pair(
         raise
 
 
-def _configure(
-    handle: Handle,
-    *,
-    index: int,
-    side: SidePlan,
-    alias: str,
-    peer: tuple[tuple[Address, ...], str],
-) -> None:
-    ipr, here = handle.ipr, handle.namespace
-    with handle.lock:  # the check and the add must not interleave with another wire's
-        _check_addresses_free(ipr, side, here)
-        with step(f"naming the interface {side.ifname!r} in {here}"):
-            ipr.link("set", index=index, ifname=side.ifname, ifalias=alias)
-        for address in side.addresses:
-            flags = _IFA_F_NODAD if address.version == 6 else 0
-            with step(f"adding address {address} to {side.ifname} in {here}"):
-                ipr.addr(
-                    "add",
-                    index=index,
-                    address=str(address.ip),
-                    prefixlen=address.network.prefixlen,
-                    flags=flags,
-                )
-    with step(f"setting {side.ifname} up in {here}"):
-        ipr.link("set", index=index, state="up")
-    peer_addresses, peer_mac = peer
-    neighbours = [(ip, peer_mac) for ip in peer_addresses] + list(side.neighbors)
-    for ip, mac in neighbours:
-        with step(f"adding neighbour {ip} ({mac}) on {side.ifname} in {here}"):
-            ipr.neigh("replace", dst=str(ip), lladdr=mac, ifindex=index, state=_NUD_PERMANENT)
-    for route in side.routes:
-        add_route(ipr, index, route, table=None, what=f"on {side.ifname} in {here}")
-    if side.policies:
-        with handle.lock:  # table choice and rule: atomic among this namespace's wires
-            for policy in side.policies:
-                add_policy(ipr, index, policy, f"on {side.ifname} in {here}")
-
-
-def _random_mac() -> str:
-    """A random locally administered unicast MAC."""
-    octets = bytearray(secrets.token_bytes(6))
-    octets[0] = (octets[0] & 0xFE) | 0x02
-    return ":".join(f"{octet:02x}" for octet in octets)
-
-
-def _check_addresses_free(ipr: Any, side: SidePlan, here: Namespace) -> None:
-    """Refuse an address another interface of the namespace has: the kernel would accept it.
-
-    A route lookup answers "local" for every address assigned in the namespace, on any
-    interface, up or down; unlike an address dump it costs the same with 1,000 interfaces
-    (0.4 ms against 25 ms for 400 addresses here).
-    """
-    for address in side.addresses:
-        try:
-            (route,) = ipr.route("get", dst=str(address.ip))
-        except Exception:  # no route at all: certainly not local
-            continue
-        if route.get("type") == _RTN_LOCAL:
-            raise KernelFailure(
-                errno.EADDRINUSE,
-                f"address {address.ip} for {side.ifname} is already assigned in {here}",
-            )
-
-
 def _remove(handle: Handle, *, alias: str, ifnames: tuple[str, ...]) -> int:
     """Delete our interfaces: those of ``ifnames`` that carry ``alias`` (a lookup each), or
     every interface carrying it when no names are given (a full listing: 130 ms at 400 links).
@@ -405,6 +365,7 @@ def _list(handle: Handle) -> list[WireInterface]:
             index=link["index"],
             peer_index=link.get("IFLA_LINK"),
             up=bool(link["flags"] & 1),
+            kind=link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "",
         )
         for link in links
         if (alias := link.get("ifalias") or "").startswith(ALIAS_PREFIX)
@@ -414,48 +375,6 @@ def _list(handle: Handle) -> list[WireInterface]:
 def _delete_quietly(ipr: Any, ifname: str) -> None:
     with contextlib.suppress(Exception):  # best effort on a path that is already failing
         ipr.link("del", ifname=ifname)
-
-
-def _delete_index(handle: Handle, *, index: int) -> None:
-    """Delete interface ``index`` (gone already is fine: its peer took it along)."""
-    with step(f"deleting interface #{index} in {handle.namespace}"), unless(errno.ENODEV):
-        handle.ipr.link("del", index=index)
-
-
-async def _wait_until_ready(
-    netlink: Netlink, ends: tuple[tuple[Namespace, int, SidePlan], ...], *, hop: str | None
-) -> None:
-    """Wait (briefly, bounded) until both ends can carry traffic: operationally up, and every
-    address of theirs answered as local by the routing table.
-
-    The kernel finishes bringing a link up in deferred work: carrier is applied from its
-    link-watch work, and an IPv6 address gets its local route from the address-configuration
-    work, even with ``nodad`` (its flags look final before that). Until then the first packets
-    are dropped (``Ip6InAddrErrors``) and the first ping waits for a retransmit: 2.5 % of wires
-    lost their first IPv6 echo here. Ready after 1-3 ms as a rule.
-    """
-    delay = 0.001
-    with trio.move_on_after(_UP_TIMEOUT):
-        for namespace, index, side in ends:
-            job = partial(_ready, index=index, addresses=tuple(a.ip for a in side.addresses))
-            while not await netlink.run(namespace, job, lane=Lane.PROBE, hop=hop):
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.05)
-
-
-def _ready(handle: Handle, *, index: int, addresses: tuple[Address, ...]) -> bool:
-    with step(f"reading interface #{index} in {handle.namespace}"):
-        (link,) = handle.ipr.link("get", index=index)
-    if link.get("operstate") != "UP":
-        return False
-    for address in addresses:
-        try:
-            (route,) = handle.ipr.route("get", dst=str(address))
-        except Exception:  # no route to it yet
-            return False
-        if route.get("type") != _RTN_LOCAL:
-            return False
-    return True
 
 
 async def _rollback(
@@ -468,9 +387,9 @@ async def _rollback(
 ) -> None:
     """Delete the pair (either end takes the other along), then any rule left pointing at it."""
     try:
-        await netlink.run(client, partial(_delete_index, index=client_index), hop=hop)
+        await netlink.run(client, partial(delete_index, index=client_index), hop=hop)
     except TrionsmError:
-        await netlink.run(endpoint, partial(_delete_index, index=endpoint_index), hop=hop)
+        await netlink.run(endpoint, partial(delete_index, index=endpoint_index), hop=hop)
     await netlink.run(client, _sweep_rules, hop=hop)
 
 
