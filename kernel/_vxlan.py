@@ -143,6 +143,7 @@ async def create_vxlan_end(
     port: int = DEFAULT_VXLAN_PORT,
     mtu: int = 0,
     ip_context: IpContext | None = None,
+    owner: str = "",
     hop: str | None = None,
     netlink: Netlink | None = None,
 ) -> VxlanEnd:
@@ -159,6 +160,7 @@ async def create_vxlan_end(
         vni: 0..2**24-1. port: the UDP port, both sides the same.
         mtu: the MTU wanted (0: the most the underlay allows).
         ip_context: addresses, routes, neighbours and policies (NSM's IPContext).
+        owner: the forwarder making it (the alias is ``alias_for(connection_id, owner)``).
         hop: named in every error. netlink: the executor (the run's shared one by default).
 
     Cancellation: at any point; what was made is removed (shielded, bounded) before
@@ -185,6 +187,7 @@ async def create_vxlan_end(
         mtu=mtu,
         ip_context=ip_context,
         hop=hop,
+        owner=owner,
     )
     here, there = (plan.client, plan.endpoint) if client else (plan.endpoint, plan.client)
     src, dst = (local, remote) if client else (remote, local)
