@@ -204,11 +204,12 @@ async def remove_wire(
     ifnames: Iterable[str] = (),
     hop: str | None = None,
     netlink: Netlink | None = None,
+    owner: str = "",
 ) -> int:
-    """Delete every interface with the alias ``trionsm:<connection_id>`` in ``namespaces``, and
-    the policy rules pointing at them. Idempotent: a namespace that no longer exists holds
-    nothing of ours. Runs the namespaces concurrently in the ``TEARDOWN`` lane, and takes no
-    lock a creation waits for.
+    """Delete every interface with the alias ``alias_for(connection_id, owner)`` in
+    ``namespaces``, and the policy rules pointing at them. Idempotent: a namespace that no
+    longer exists holds nothing of ours. Runs the namespaces concurrently in the ``TEARDOWN``
+    lane, and takes no lock a creation waits for.
 
     Args:
         ifnames: the wire's interface names, when known (``KernelWire.client.ifname`` and
@@ -235,7 +236,7 @@ async def remove_wire(
     removed: list[int] = []
 
     async def remove(namespace: Namespace) -> None:
-        job = partial(_remove, alias=alias_for(connection_id), ifnames=names)
+        job = partial(_remove, alias=alias_for(connection_id, owner), ifnames=names)
         with contextlib.suppress(NotFound):  # the namespace went, and our interfaces with it
             removed.append(await netlink.run(namespace, job, lane=Lane.TEARDOWN, hop=hop))
 
@@ -246,23 +247,28 @@ async def remove_wire(
 
 
 async def check_wire(
-    wire: HasEnds, *, hop: str | None = None, netlink: Netlink | None = None
+    wire: HasEnds,
+    *,
+    hop: str | None = None,
+    netlink: Netlink | None = None,
+    alias: str | None = None,
 ) -> bool:
     """Whether ``wire`` (a :class:`KernelWire` or a vxlan end) is still whole: each end's
-    namespace has an interface of that name that carries the wire's alias and is up. A lookup by
-    name in each namespace, concurrently, in the ``PROBE`` lane; a namespace that is gone counts
-    as a missing end.
+    namespace has an interface of that name and index that carries the wire's alias
+    (``alias``, by default ``alias_for(wire.connection_id)``) and is up: a wire made again in
+    its place is another wire. A lookup by name in each namespace, concurrently, in the
+    ``PROBE`` lane; a namespace that is gone counts as a missing end.
 
     Raises:
         PermissionDenied, InvalidArgument: a namespace that cannot be entered.
         TrionsmError: the kernel refused the lookup.
     """
     netlink = netlink or current_netlink()
-    alias = alias_for(wire.connection_id)
+    alias = alias or alias_for(wire.connection_id)
     found: list[bool] = []
 
     async def probe(end: WireEnd) -> None:
-        job = partial(_is_ours, ifname=end.ifname, alias=alias)
+        job = partial(_is_ours, ifname=end.ifname, alias=alias, index=end.index)
         try:
             found.append(await netlink.run(end.namespace, job, lane=Lane.PROBE, hop=hop))
         except NotFound:
@@ -349,10 +355,13 @@ def _get_link(ipr: Any, ifname: str) -> list[Any]:
         raise
 
 
-def _is_ours(handle: Handle, *, ifname: str, alias: str) -> bool:
+def _is_ours(handle: Handle, *, ifname: str, alias: str, index: int) -> bool:
     with step(f"looking for {ifname} in {handle.namespace}"):
         links = _get_link(handle.ipr, ifname)
-    return any(link.get("ifalias") == alias and link["flags"] & 1 for link in links)
+    return any(
+        link.get("ifalias") == alias and link["index"] == index and link["flags"] & 1
+        for link in links
+    )
 
 
 def _list(handle: Handle) -> list[WireInterface]:
