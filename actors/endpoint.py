@@ -14,9 +14,10 @@ DNS configs and labels are added; the path is trimmed after this hop. A connecti
 hop stops refreshing is closed at ``previous segment expiry - request timeout``.
 
 For a KERNEL request the chosen mechanism names the endpoint's side of the wire: its network
-namespace (``inodeURL``, the ``netns`` it serves in) and its interface name, picked by the
+namespace (``inodeURL``, the ``netns`` it serves in), its interface name, picked by the
 endpoint (``nsm-`` and a hash of the connection id, the same on every refresh) unless the
-request names one. The forwarder makes the wire; an endpoint without ``netns`` refuses KERNEL.
+request names one, and its ``mtu`` if it has one (the wire takes the smallest asked for). The
+forwarder makes the wire; an endpoint without ``netns`` refuses KERNEL.
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ class Endpoint(ServerHop):
         clock: Clock | None = None,
         netns: str | None = None,
         strict_ipam: bool = False,
+        mtu: int | None = None,
     ) -> None:
         super().__init__(name, tokens, clock=clock)
         self.netns = netns
+        self.mtu = mtu
         self.ipam = PointToPointIpam(cidrs, hop=name, strict=strict_ipam) if cidrs else None
         self.mechanisms = tuple(mechanisms)
         self.labels = dict(labels or {})
@@ -134,7 +137,10 @@ class Endpoint(ServerHop):
             )
         name = mechanism.parameters.get(Param.NAME) or endpoint_interface_name(connection_id)
         check_interface_name(name, hop=self.name, service=service)
-        return with_parameters(mechanism, {Param.INODE_URL: self.netns, Param.NAME: name})
+        parameters = {Param.INODE_URL: self.netns, Param.NAME: name}
+        if self.mtu is not None:
+            parameters[Param.MTU] = str(self.mtu)
+        return with_parameters(mechanism, parameters)
 
     def release(self, actor: ServerConnection) -> None:
         if self.ipam is not None:
@@ -169,6 +175,7 @@ async def serve_endpoint(
     dns: Sequence[DnsConfig] = (),
     netns: str | None = None,
     strict_ipam: bool = False,
+    mtu: int | None = None,
     public_url: str | None = None,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
@@ -194,6 +201,8 @@ async def serve_endpoint(
             (``file:///run/netns/<name>``, ``file:///proc/<pid>/ns/net``): where the endpoint's
             end of each KERNEL wire goes. Checked at start (NotFound, PermissionDenied,
             InvalidArgument naming it). None: KERNEL requests are refused.
+        mtu: the MTU its end of each KERNEL wire asks for (68..65535; the wire takes the
+            smallest of the client's, this and the connection's); None: no preference.
         strict_ipam: drop addresses outside this endpoint's pools from each connection (NSM's
             ``NSM_IPAM_POLICY=strict``), so a client healed here from another endpoint keeps
             none of that one's addresses; default: keep them (NSM's ``polite``).
@@ -217,6 +226,7 @@ async def serve_endpoint(
         clock=clock,
         netns=netns,
         strict_ipam=strict_ipam,
+        mtu=mtu,
     )
     handlers = {NETWORK_SERVICE: endpoint, MONITOR_CONNECTION: endpoint, HEALTH: Health()}
     bound: dict[str, str] = {}

@@ -7,8 +7,8 @@ from functools import partial
 
 from trionsm.actors.forwarder import FORWARDER_LABELS, serve_forwarder
 
-from .options import dial_url, labels, listen_url, name
-from .serving import run_serving
+from .options import MECHANISMS, dial_url, labels, listen_url, mechanism, name
+from .serving import kernel_access, run_serving
 
 __all__ = ["add_parser", "run"]
 
@@ -16,11 +16,12 @@ __all__ = ["add_parser", "run"]
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "forwarder",
-        help="run a forwarder (endpoint selection, mechanism negotiation; NOOP data plane)",
+        help="run a forwarder (endpoint selection, mechanism negotiation, KERNEL wires)",
         description="Serve a forwarder until SIGTERM or SIGINT, registered at its nsmgr as "
-        "service 'forwarder'. It discovers and selects endpoints and negotiates mechanisms; the "
-        "kernel data plane (veth/VXLAN wires) is not wired into it yet, so it programs the NOOP "
-        "mechanism only. Prints 'serving URL' on stdout once it accepts calls and is registered.",
+        "service 'forwarder'. It discovers and selects endpoints, negotiates mechanisms and "
+        "programs them: KERNEL plugs a veth pair between the client's and the endpoint's "
+        "namespaces on this node (needs CAP_NET_ADMIN: root), NOOP carries the control plane "
+        "only. Prints 'serving URL' on stdout once it accepts calls and is registered.",
     )
     parser.add_argument("--name", required=True, type=name, help="its name (registration)")
     parser.add_argument(
@@ -41,9 +42,28 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"its registration labels, matched by network services' forwarder selectors "
         f"(default {default})",
     )
+    parser.add_argument(
+        "--mechanism",
+        action="append",
+        type=mechanism,
+        metavar="TYPE",
+        help="a mechanism it programs (repeatable): kernel (veth wires on this node; needs "
+        f"CAP_NET_ADMIN) or noop (control plane only); default: {' and '.join(MECHANISMS)}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run until a signal; 0 after a clean stop, 1 when the forwarder could not start."""
-    start = partial(serve_forwarder, args.name, args.listen, nsmgr=args.nsmgr, labels=args.labels)
-    return run_serving("forwarder", start, lambda handle: [handle.url])
+    mechanisms = tuple(dict.fromkeys(args.mechanism or MECHANISMS.values()))
+    start = partial(
+        serve_forwarder,
+        args.name,
+        args.listen,
+        nsmgr=args.nsmgr,
+        labels=args.labels,
+        mechanisms=mechanisms,
+    )
+    missing = None
+    if MECHANISMS["kernel"] in mechanisms:
+        missing = kernel_access(args.name, "the KERNEL mechanism (--mechanism kernel)")
+    return run_serving("forwarder", start, lambda handle: [handle.url], precondition=missing)

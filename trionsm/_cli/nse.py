@@ -12,7 +12,7 @@ from trionsm.actors.endpoint import serve_endpoint
 from trionsm.actors.lease import serve_service_lease
 from trionsm.api.registry import NetworkService
 
-from .options import cidr, dial_url, labels, listen_url, name
+from .options import cidr, dial_url, labels, listen_url, mtu, name, netns, usage_error
 from .serving import run_serving
 
 __all__ = ["add_parser", "run"]
@@ -24,10 +24,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="run a network service endpoint (point-to-point IPAM; kernel/noop mechanisms)",
         description="Serve a network service endpoint until SIGTERM or SIGINT, registered at its "
         "nsmgr (and unregistered on the way out). Each connection gets a point-to-point address "
-        "pair from --cidr with routes to each other; KERNEL and NOOP mechanisms are accepted. "
-        "The endpoint answers the control plane only: the ICMP responder (an interface in the "
-        "endpoint's namespace answering pings) comes with the kernel data plane, which is not "
-        "built yet. Prints 'serving URL' on stdout once it accepts calls and is registered.",
+        "pair from --cidr with routes to each other. With --netns it is an ICMP responder: the "
+        "forwarder puts the endpoint's end of each KERNEL wire into that namespace, with the "
+        "endpoint's address on it, so the kernel there answers the client's pings. Without "
+        "--netns it takes NOOP connections only (KERNEL requests are refused, naming it). Prints "
+        "'serving URL' on stdout once it accepts calls and is registered.",
     )
     parser.add_argument("--name", required=True, type=name, help="its name (registration)")
     parser.add_argument(
@@ -71,6 +72,20 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep each --service registered too, as NSM's icmp-responder does (default: yes; "
         "--no-register-service when an operator registers the services, with their matches)",
     )
+    parser.add_argument(
+        "--netns",
+        type=netns,
+        metavar="NAME|URL",
+        help="the network namespace its end of each KERNEL wire goes into: a NAME made by "
+        "'ip netns add NAME' (/run/netns/NAME) or a URL (file:///run/netns/NAME, "
+        "file:///proc/PID/ns/net, inode://DEV/INO); it must exist",
+    )
+    parser.add_argument(
+        "--mtu",
+        type=mtu,
+        help="the MTU its end of each KERNEL wire asks for (68..65535; the wire takes the "
+        "smallest the client, the endpoint and the connection ask for)",
+    )
 
 
 async def serve_nse(args: argparse.Namespace, *, task_status: trio.TaskStatus[Any]) -> None:
@@ -90,11 +105,16 @@ async def serve_nse(args: argparse.Namespace, *, task_status: trio.TaskStatus[An
                 registry=args.nsmgr,
                 cidr=args.cidr,
                 labels=args.labels,
+                netns=args.netns,
+                mtu=args.mtu,
             )
         )
         task_status.started(handle)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run until a signal; 0 after a clean stop, 1 when the endpoint could not start."""
+    """Run until a signal; 0 after a clean stop, 1 when the endpoint could not start, 2 for
+    --mtu without --netns."""
+    if args.mtu is not None and args.netns is None:
+        return usage_error("nse", "--mtu", "is for KERNEL wires, which need --netns")
     return run_serving("nse", partial(serve_nse, args), lambda handle: [handle.url])

@@ -1,7 +1,8 @@
-"""Argument types shared by the sub-commands: durations, URLs, stores, names, labels, CIDRs.
+"""Argument types shared by the sub-commands: durations, URLs, stores, names, labels, CIDRs,
+mechanisms, network namespaces and MTUs.
 
 Each raises ``argparse.ArgumentTypeError`` with the value and what is allowed, so a bad flag fails
-up front with one clear line and exit status 2.
+up front with one clear line and exit status 2 (argparse names the flag).
 """
 
 from __future__ import annotations
@@ -9,21 +10,33 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
+import sys
 
-from trionsm.errors import InvalidArgument
+import trio
+
+from trionsm.actors._mechanisms import KERNEL, NOOP
+from trionsm.errors import InvalidArgument, TrionsmError
 from trionsm.transport import parse_url
 
 __all__ = [
+    "MECHANISMS",
     "cidr",
     "dial_url",
     "duration",
     "labels",
     "listen_url",
+    "mechanism",
+    "mtu",
     "name",
+    "netns",
     "nsurl",
     "parse_duration",
     "store_url",
+    "usage_error",
 ]
+
+MECHANISMS = {"kernel": KERNEL, "noop": NOOP}
+"""The mechanisms a forwarder can program, by their command-line names."""
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -140,3 +153,46 @@ def nsurl(text: str) -> str:
     except InvalidArgument as exc:
         raise argparse.ArgumentTypeError(exc.reason) from None
     return text
+
+
+def mechanism(text: str) -> str:
+    """argparse type for ``--mechanism``: ``kernel`` or ``noop`` (any case); NSM's type string."""
+    found = MECHANISMS.get(text.strip().lower())
+    if found is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(MECHANISMS)}")
+    return found
+
+
+def mtu(text: str) -> int:
+    """argparse type for an interface MTU (68..65535, as the kernel and NSM allow)."""
+    if not text.strip().isdigit() or not 68 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r}: an MTU is a number in 68..65535")
+    return int(text)
+
+
+def netns(text: str) -> str:
+    """argparse type for a network namespace: a bare NAME (``/run/netns/NAME``, as ``ip netns``
+    names them) or a URL (``file:///run/netns/NAME``, ``file:///proc/PID/ns/net``,
+    ``inode://DEV/INO``). It must exist now and be a network namespace; returns its URL.
+    """
+    from trionsm.kernel import resolve_namespace
+
+    value = text.strip()
+    if "://" not in value:
+        if not value or "/" in value or value in (".", ".."):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected a namespace name (as in /run/netns/NAME) or a URL "
+                "(file:///run/netns/NAME, file:///proc/PID/ns/net, inode://DEV/INO)"
+            )
+        value = f"file:///run/netns/{value}"
+    try:
+        trio.run(resolve_namespace, value)
+    except TrionsmError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc.reason}") from None
+    return value
+
+
+def usage_error(command: str, flag: str, reason: str) -> int:
+    """Report a flag that is wrong given the others, as argparse does; returns exit status 2."""
+    print(f"trionsm {command}: error: argument {flag}: {reason}", file=sys.stderr)
+    return 2

@@ -7,7 +7,8 @@ list the URLs it serves. The contract:
 * ``serving URL`` on stdout, one line per listener, once the role accepts calls;
 * SIGTERM or SIGINT: ``stopping on SIGTERM`` on stderr, the role stops (leases unregister,
   sockets are removed) and the process exits 0;
-* the role cannot start (an address in use, a registry that never answered): one line
+* the role cannot start (an address in use, a registry that never answered, no
+  ``CAP_NET_ADMIN`` for a role that programs kernel interfaces): one line
   ``trionsm <command>: cannot start: <why>`` on stderr and exit status 1 (``failed: <why>``
   when its supervisor gives up later).
 """
@@ -17,14 +18,17 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from trionsm.errors import TrionsmError
+from trionsm.errors import PermissionDenied, TrionsmError
 from trionsm.supervision import StartError
 
-__all__ = ["run_serving", "start_failure"]
+__all__ = ["kernel_access", "run_serving", "start_failure"]
+
+_CAP_NET_ADMIN = 12  # capability(7) number
 
 Start = Callable[..., Any]
 """``async start(*, task_status)``: runs the role until cancelled, reports its handle."""
@@ -56,7 +60,35 @@ def start_failure(exc: BaseException) -> BaseException | None:
     return exc if isinstance(exc, TrionsmError | OSError) else None
 
 
-def run_serving(command: str, start: Start, urls: Callable[[Any], Iterable[str]]) -> int:
+def kernel_access(hop: str, what: str) -> PermissionDenied | None:
+    """Why this process cannot program kernel interfaces (``what`` needs them), else None.
+
+    Creating veth pairs and moving them between namespaces needs ``CAP_NET_ADMIN`` (root has
+    it unless it was dropped, e.g. by ``setpriv`` or a container's capability set).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError as exc:
+        return PermissionDenied(f"{what}: cannot read this process's capabilities: {exc}", hop=hop)
+    effective = next(
+        (int(line.split()[1], 16) for line in status.splitlines() if line.startswith("CapEff:")),
+        0,
+    )
+    if effective >> _CAP_NET_ADMIN & 1:
+        return None
+    return PermissionDenied(
+        f"{what} needs CAP_NET_ADMIN (run it as root), which this process does not have",
+        hop=hop,
+    )
+
+
+def run_serving(
+    command: str,
+    start: Start,
+    urls: Callable[[Any], Iterable[str]],
+    *,
+    precondition: BaseException | None = None,
+) -> int:
     """Run ``start`` until a signal; 0 after a clean stop, 1 when it could not start (or
     failed for good after it started: its supervisor gave up).
 
@@ -64,7 +96,12 @@ def run_serving(command: str, start: Start, urls: Callable[[Any], Iterable[str]]
         command: the sub-command's name, for the error line.
         start: ``async start(*, task_status)``; its handle goes to ``urls``.
         urls: the URLs the started role serves, in the order of its listeners.
+        precondition: why the role cannot start, found before it is run (e.g.
+            :func:`kernel_access`): reported as a failed start, and nothing is started.
     """
+    if precondition is not None:
+        print(f"trionsm {command}: cannot start: {precondition}", file=sys.stderr)
+        return 1
     started: list[bool] = []
     try:
         trio.run(_serve, start, urls, started)
