@@ -1,9 +1,17 @@
 """A process-level mesh builder: every role a real ``python -m trionsm.cli`` process.
 
-The process topology of DESIGN §7 without the namespaces: each role (registry, nsmgr,
-forwarder, endpoint, NSC) runs as its own process, serving NSM's gRPC API on a unix socket in a
-temporary directory of the mesh, so heal tests can SIGKILL a process, restart it on the same
-socket and watch the path heal through real sockets and a real clock.
+The process topology of DESIGN §7 on one host: each role (registry, nsmgr, forwarder,
+endpoint, NSC) runs as its own process, serving NSM's gRPC API on a unix socket in a temporary
+directory of the mesh, so heal tests can SIGKILL a process, restart it on the same socket and
+watch the path heal through real sockets and a real clock.
+
+With ``kernel=True`` the forwarders program KERNEL wires (``--mechanism kernel --mechanism
+noop``; the mesh's process must have CAP_NET_ADMIN, i.e. be root) and the workloads' interfaces
+live in network namespaces the mesh makes with :meth:`ProcessMesh.add_netns`
+(``tnsm-<random>``, deleted by their exact names when the mesh exits, or at once with
+:meth:`ProcessMesh.remove_netns`, as when a pod dies): ``add_endpoint(..., netns=url)`` serves an
+ICMP responder whose ends of the wires go into that namespace, ``add_nsc(..., netns=url)`` a
+client whose interface goes into its namespace. Without it the forwarders program NOOP only.
 
 >>> async with open_process_mesh() as mesh:                       # doctest: +SKIP
 ...     await mesh.add_nsmgr("nsmgr-0")                              # embedded registry
@@ -15,6 +23,14 @@ socket and watch the path heal through real sockets and a real clock.
 ...         await conn.wait_for(EventKind.HEALED)
 >>> mesh.leaks()                                                   # doctest: +SKIP
 []
+>>> async with open_process_mesh(kernel=True) as mesh:             # doctest: +SKIP
+...     pod, nse_pod = await mesh.add_netns(), await mesh.add_netns()
+...     await mesh.add_nsmgr("nsmgr-0")
+...     await mesh.add_forwarder("forwarder-0", nsmgr="nsmgr-0")
+...     await mesh.add_endpoint("nse-1", "icmp", nsmgr="nsmgr-0", cidr="169.254.1.0/24",
+...                             netns=nse_pod)
+...     await mesh.add_nsc("nsc-1", "kernel://icmp/nsm-1", nsmgr="nsmgr-0", netns=pod)
+...     # nsm-1 in pod pings 169.254.1.0 in nse_pod; mesh.stop("nsc-1") removes the wire
 
 Guarantees. A role is started with :meth:`ProcessMesh.start` (or an ``add_*`` helper) and is
 ready once it printed its ``serving URL`` lines (``connected`` for an NSC); a process that exits
@@ -23,15 +39,19 @@ that takes longer than ``start_timeout`` raises :class:`~trionsm.errors.Deadline
 is killed). Every process is tracked by its exact PID, signalled only while it has not been
 reaped, and reaped. Leaving the block stops every running process with SIGTERM (SIGKILL after
 ``stop_grace``), removes exactly the socket files the mesh handed out (a SIGKILLed process
-leaves its socket behind) and the directory, even when the block is cancelled.
-:meth:`ProcessMesh.leaks` then lists anything left: an unreaped process, a path that still
-exists, a SIGTERM that did not end in exit status 0, a role that left its socket after a clean
-stop.
+leaves its socket behind) and the directory, even when the block is cancelled. NSCs stop
+first (closing their connections through the whole path), then the other roles; then the
+interfaces carrying a ``trionsm:`` alias in the mesh's namespaces are listed (any is a leak) and
+the namespaces deleted. :meth:`ProcessMesh.leaks` then lists anything left: an unreaped process,
+a path that still exists, a SIGTERM that did not end in exit status 0, a role that left its
+socket after a clean stop, a wire left in a namespace, a namespace that still exists.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,7 +66,7 @@ import trio
 
 from trionsm.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
-__all__ = ["ProcessMesh", "RoleProcess", "open_process_mesh"]
+__all__ = ["ProcessMesh", "RoleProcess", "delete_netns", "make_netns", "open_process_mesh"]
 
 CLI = (sys.executable, "-m", "trionsm.cli")
 DEFAULT_START_TIMEOUT = 30.0
@@ -54,6 +74,8 @@ DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_GRACE = 10.0
 """Seconds a role may take to stop after SIGTERM before it gets SIGKILL."""
 _STDERR_KEPT = 16_384
+_NETNS_DIR = Path("/run/netns")
+_ALIAS_PREFIX = "trionsm:"  # every interface the data plane makes carries it (kernel package)
 
 
 @attrs.define(eq=False)
@@ -178,14 +200,24 @@ class ProcessMesh:
     """A running process mesh (see :func:`open_process_mesh`)."""
 
     def __init__(
-        self, nursery: trio.Nursery, directory: Path, *, start_timeout: float, stop_grace: float
+        self,
+        nursery: trio.Nursery,
+        directory: Path,
+        *,
+        start_timeout: float,
+        stop_grace: float,
+        kernel: bool = False,
+        namespaces: list[str] | None = None,
     ) -> None:
         self._nursery = nursery
         self.directory = directory
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self.kernel = kernel
         self.roles: dict[str, RoleProcess] = {}
         self.unclean: list[str] = []  # what a stop or the teardown found wrong
+        self.namespaces: list[str] = namespaces if namespaces is not None else []
+        """The names of the namespaces :meth:`add_netns` made (deleted when the mesh exits)."""
 
     def __getitem__(self, name: str) -> RoleProcess:
         return self.roles[name]
@@ -335,10 +367,13 @@ class ProcessMesh:
         return await self.start(name, args, sockets=[sock])
 
     async def add_forwarder(self, name: str, *, nsmgr: str) -> RoleProcess:
-        """A forwarder on ``<dir>/<name>.sock``, registered at role ``nsmgr``."""
+        """A forwarder on ``<dir>/<name>.sock``, registered at role ``nsmgr``; it programs
+        KERNEL and NOOP in a ``kernel=True`` mesh, NOOP only otherwise."""
         sock = self.socket(name)
         args = ["forwarder", "--name", name, "--listen", f"unix://{sock}"]
-        return await self.start(name, [*args, "--nsmgr", self.url(nsmgr)], sockets=[sock])
+        args += ["--mechanism", "kernel"] if self.kernel else []
+        args += ["--mechanism", "noop", "--nsmgr", self.url(nsmgr)]
+        return await self.start(name, args, sockets=[sock])
 
     async def add_endpoint(
         self,
@@ -346,36 +381,103 @@ class ProcessMesh:
         services: str | Sequence[str],
         *,
         nsmgr: str,
-        cidr: str,
+        cidr: str | Sequence[str],
         labels: dict[str, str] | None = None,
+        netns: str | None = None,
+        mtu: int | None = None,
     ) -> RoleProcess:
-        """An endpoint on ``<dir>/<name>.sock`` serving ``services``, registered at ``nsmgr``."""
+        """An endpoint on ``<dir>/<name>.sock`` serving ``services``, registered at ``nsmgr``.
+
+        Args:
+            cidr: its address pool(s) (an IPv4 and an IPv6 one: dual-stack pairs).
+            netns: the namespace its ends of KERNEL wires go into (an ICMP responder).
+            mtu: the MTU its ends ask for.
+        """
         sock = self.socket(name)
         args = ["nse", "--name", name, "--listen", f"unix://{sock}", "--nsmgr", self.url(nsmgr)]
         for service in [services] if isinstance(services, str) else services:
             args += ["--service", service]
-        args += ["--cidr", cidr]
+        for pool in [cidr] if isinstance(cidr, str) else cidr:
+            args += ["--cidr", pool]
         if labels:
             args += ["--labels", ",".join(f"{k}={v}" for k, v in labels.items())]
+        args += _optional(netns=netns, mtu=mtu)
         return await self.start(name, args, sockets=[sock])
 
-    async def add_nsc(self, name: str, url: str, *, nsmgr: str, json: bool = False) -> RoleProcess:
-        """A ``trionsm nsc`` process connected to ``url`` through ``nsmgr`` (ready: connected)."""
+    async def add_nsc(
+        self,
+        name: str,
+        url: str,
+        *,
+        nsmgr: str,
+        json: bool = False,
+        netns: str | None = None,
+        mtu: int | None = None,
+        liveness_interval: str | None = None,
+        liveness_timeout: str | None = None,
+    ) -> RoleProcess:
+        """A ``trionsm nsc`` process connected to ``url`` through ``nsmgr`` (ready: connected).
+
+        ``netns``, ``mtu`` and the liveness durations (``"200ms"``) are its kernel:// flags.
+        """
         args = ["nsc", url, "--nsmgr", self.url(nsmgr), "--name", name]
+        args += _optional(
+            netns=netns,
+            mtu=mtu,
+            liveness_interval=liveness_interval,
+            liveness_timeout=liveness_timeout,
+        )
         return await self.start(
             name,
             [*args, "--json"] if json else args,
             ready='{"event": "connected"' if json else "connected ",
         )
 
+    # -- namespaces ------------------------------------------------------------------------------
+
+    async def add_netns(self, prefix: str = "tnsm-") -> str:
+        """A new network namespace ``<prefix><random>``; returns its ``file:///run/netns/`` URL.
+
+        The mesh deletes it by its exact name when it exits.
+        """
+        name = await make_netns(prefix)
+        self.namespaces.append(name)
+        return f"file://{_NETNS_DIR / name}"
+
+    async def remove_netns(self, url: str) -> None:
+        """Delete one of the mesh's namespaces now (``file:///run/netns/<name>``), as when a pod
+        dies: its interfaces go, and the veth peers of those. Idempotent.
+
+        Raises:
+            InvalidArgument: not a namespace this mesh made.
+        """
+        name = url.removeprefix(f"file://{_NETNS_DIR}/")
+        if name not in self.namespaces:
+            raise InvalidArgument(f"{url!r} is not a namespace of this mesh", hop="process mesh")
+        await delete_netns(name)
+
+    async def wires(self) -> list[str]:
+        """The interfaces carrying a ``trionsm:`` alias in the mesh's namespaces that exist, as
+        ``<namespace>: <interface> <alias>``."""
+        found = []
+        for name in self.namespaces:
+            if (_NETNS_DIR / name).exists():
+                found += [f"{name}: {link}" for link in await _aliased_links(name)]
+        return found
+
     # -- teardown --------------------------------------------------------------------------------
 
     async def _teardown(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for role in self.roles.values():
-                if role.running:
-                    nursery.start_soon(self.stop, role.name)
+        clients = [role for role in self.roles.values() if role.args[0] == "nsc"]
+        for group in (clients, [role for role in self.roles.values() if role not in clients]):
+            async with trio.open_nursery() as nursery:
+                for role in group:
+                    if role.running:
+                        nursery.start_soon(self.stop, role.name)
         self._remove_paths()
+        self.unclean += [f"left behind: {wire}" for wire in await self.wires()]
+        for name in self.namespaces:
+            await delete_netns(name)
 
     def _remove_paths(self) -> None:
         """Remove the sockets SIGKILLed roles left (exact paths), then the directory."""
@@ -404,12 +506,14 @@ class ProcessMesh:
             found += [f"{role.name}: {path} exists" for path in role.sockets if path.exists()]
         if self.directory.exists():
             found.append(f"{self.directory} exists")
+        found += [f"namespace {name} exists" for name in self.namespaces if _netns_exists(name)]
         return found
 
 
 @asynccontextmanager
 async def open_process_mesh(
     *,
+    kernel: bool = False,
     start_timeout: float = DEFAULT_START_TIMEOUT,
     stop_grace: float = DEFAULT_STOP_GRACE,
 ) -> AsyncIterator[ProcessMesh]:
@@ -417,12 +521,21 @@ async def open_process_mesh(
 
     The directory name is short (``/tmp/trionsm-XXXX``), since a unix socket path has at most
     107 bytes. Teardown is shielded from cancellation and bounded by ``stop_grace``.
+
+    Args:
+        kernel: forwarders program KERNEL wires too (see the module docstring).
     """
     directory = Path(tempfile.mkdtemp(prefix="trionsm-"))
+    namespaces: list[str] = []
     try:
         async with trio.open_nursery() as nursery:
             mesh = ProcessMesh(
-                nursery, directory, start_timeout=start_timeout, stop_grace=stop_grace
+                nursery,
+                directory,
+                start_timeout=start_timeout,
+                stop_grace=stop_grace,
+                kernel=kernel,
+                namespaces=namespaces,
             )
             try:
                 yield mesh
@@ -431,6 +544,56 @@ async def open_process_mesh(
                     await mesh._teardown()
     finally:
         _remove_tree(directory)  # the nursery failed before the mesh existed
+        with trio.CancelScope(shield=True):
+            for name in namespaces:
+                await delete_netns(name)
+
+
+async def make_netns(prefix: str = "tnsm-") -> str:
+    """Make a network namespace ``<prefix><8 random hex digits>`` (``ip netns add``); its name.
+
+    Raises:
+        subprocess.CalledProcessError: ``ip`` refused (not root, a name taken).
+    """
+    name = f"{prefix}{secrets.token_hex(4)}"
+    await trio.run_process(["ip", "netns", "add", name], capture_stderr=True)
+    return name
+
+
+async def delete_netns(name: str) -> None:
+    """Delete the namespace ``name`` by its exact name (shielded; gone already is fine)."""
+    with trio.CancelScope(shield=True):
+        if _netns_exists(name):
+            await trio.run_process(
+                ["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL
+            )
+
+
+def _netns_exists(name: str) -> bool:
+    return (_NETNS_DIR / name).exists()
+
+
+async def _aliased_links(name: str) -> list[str]:
+    """``<interface> <alias>`` of each link in namespace ``name`` with a ``trionsm:`` alias."""
+    done = await trio.run_process(
+        ["ip", "-j", "-n", name, "link", "show"], capture_stdout=True, capture_stderr=True
+    )
+    links = json.loads(done.stdout or b"[]")
+    return [
+        f"{link['ifname']} {link['ifalias']}"
+        for link in links
+        if str(link.get("ifalias", "")).startswith(_ALIAS_PREFIX)
+    ]
+
+
+def _optional(**flags: object) -> list[str]:
+    """``--flag value`` for each flag that is not None (``liveness_interval`` ->
+    ``--liveness-interval``)."""
+    args: list[str] = []
+    for key, value in flags.items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
+    return args
 
 
 def _child(pid: int) -> bool:

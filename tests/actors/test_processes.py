@@ -194,10 +194,12 @@ BAD_FLAGS = [
 ]
 
 
-async def test_bad_flags_exit_2_naming_the_flag() -> None:
+async def bad_flag_failures(cases: list[tuple[list[str], str, str]]) -> list[str]:
+    """Run ``trionsm <args>`` for each ``(args, flag, value)``; the cases that did not exit 2
+    with both ``flag`` and ``value`` on stderr."""
     failures: list[str] = []
 
-    async def check(args: list[str], flag: str) -> None:
+    async def check(args: list[str], flag: str, value: str) -> None:
         result = await trio.run_process(
             [sys.executable, "-m", "trionsm.cli", *args],
             capture_stdout=True,
@@ -205,14 +207,18 @@ async def test_bad_flags_exit_2_naming_the_flag() -> None:
             check=False,
         )
         stderr = result.stderr.decode()
-        if result.returncode != 2 or flag not in stderr:
+        if result.returncode != 2 or flag not in stderr or value not in stderr:
             failures.append(f"{args}: status {result.returncode}, stderr {stderr!r}")
 
     with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
-            for args, flag in BAD_FLAGS:
-                nursery.start_soon(check, args, flag)
-    assert failures == []
+            for args, flag, value in cases:
+                nursery.start_soon(check, args, flag, value)
+    return failures
+
+
+async def test_bad_flags_exit_2_naming_the_flag() -> None:
+    assert await bad_flag_failures([(args, flag, "") for args, flag in BAD_FLAGS]) == []
 
 
 async def test_nsc_once() -> None:
