@@ -1,0 +1,91 @@
+"""The reconciler's rules (pure: no kernel) and the alias that carries a wire's owner."""
+
+from __future__ import annotations
+
+import pytest
+
+from trionsm.actors._reconcile import DEFAULT_RECONCILE_GRACE, Reconciler
+from trionsm.kernel._netns import Namespace
+from trionsm.kernel._reconcile import Interface
+from trionsm.kernel._wireplan import WireAlias, alias_for, parse_alias
+
+NS_A = Namespace(url="file:///run/netns/a", path="/run/netns/a", dev=4, ino=100)
+NS_B = Namespace(url="file:///run/netns/b", path="/run/netns/b", dev=4, ino=200)
+
+
+def leftover(namespace: Namespace, index: int, alias: str, ifname: str = "nsm-1") -> Interface:
+    return Interface(namespace=namespace, ifname=ifname, index=index, alias=alias)
+
+
+@pytest.mark.parametrize(
+    ("owner", "connection_id", "alias"),
+    [
+        ("forwarder-0-0", "nsc-1", "trionsm:forwarder-0-0:nsc-1"),
+        ("fwd@node-1", "3f1c-uuid", "trionsm:fwd@node-1:3f1c-uuid"),
+        ("odd:name%", "id:with:colons", "trionsm:odd%3Aname%25:id:with:colons"),
+        ("", "nsc-1", "trionsm:nsc-1"),
+    ],
+)
+def test_alias_names_the_owner_and_the_client_connection_and_reads_back(
+    owner: str, connection_id: str, alias: str
+) -> None:
+    assert alias_for(connection_id, owner) == alias
+    assert parse_alias(alias) == WireAlias(owner, connection_id)
+    assert str(WireAlias(owner, connection_id)) == alias
+
+
+@pytest.mark.parametrize("alias", [None, "", "eth0 uplink", "trionsm:", "trionsm::x", "trionsm:a:"])
+def test_anything_else_is_not_one_of_our_aliases(alias: str | None) -> None:
+    assert parse_alias(alias) is None
+
+
+def test_before_the_scan_every_alias_may_have_a_leftover_after_it_only_those_found() -> None:
+    reconciler = Reconciler("fwd", grace=10.0)
+    mine = alias_for("nsc-1", "fwd")
+    assert reconciler.may_hold(mine)
+    reconciler.found([leftover(NS_A, 5, mine)], now=100.0)
+    assert reconciler.deadline == 110.0
+    assert reconciler.may_hold(mine)
+    assert not reconciler.may_hold(alias_for("nsc-2", "fwd"))
+
+
+def test_unclaimed_leftovers_are_removed_only_when_the_grace_is_over_and_only_once() -> None:
+    reconciler = Reconciler("fwd", grace=10.0)
+    claimed, unclaimed = alias_for("nsc-1", "fwd"), alias_for("nsc-2", "fwd")
+    found = [leftover(NS_A, 5, claimed), leftover(NS_B, 7, claimed), leftover(NS_A, 6, unclaimed)]
+    reconciler.found(found, now=0.0)
+    reconciler.claim(claimed)  # ends unknown: every leftover of the alias is kept
+    assert reconciler.sweep(now=9.999) == []
+    assert [str(i) for i in reconciler.unclaimed] == [str(found[2])]
+    assert reconciler.sweep(now=10.0) == [found[2]]
+    assert reconciler.done
+    assert reconciler.sweep(now=20.0) == []
+    assert not reconciler.may_hold(claimed)  # done: later requests create as usual
+    reconciler.claim(unclaimed)
+    assert reconciler.claims == {}
+
+
+def test_a_claim_with_its_ends_keeps_those_and_lets_the_replaced_ends_go() -> None:
+    reconciler = Reconciler("fwd", grace=1.0)
+    alias = alias_for("nsc-1", "fwd")
+    old_client, old_endpoint = leftover(NS_A, 5, alias), leftover(NS_B, 9, alias, "nsm-x")
+    kept = leftover(NS_B, 8, alias, "nsm-y")
+    reconciler.found([old_client, old_endpoint, kept], now=0.0)
+    reconciler.claim(alias, keep=[kept.key, (NS_A.key, 12)])
+    assert reconciler.sweep(now=1.0) == [old_client, old_endpoint]
+
+
+def test_a_rescan_starts_a_new_grace_and_keeps_the_claims_made_so_far() -> None:
+    reconciler = Reconciler("fwd", grace=5.0)
+    alias = alias_for("nsc-1", "fwd")
+    reconciler.claim(alias)  # a re-request arrived before the scan was through
+    reconciler.found([leftover(NS_A, 5, alias)], now=0.0)
+    reconciler.found([leftover(NS_A, 5, alias)], now=3.0)  # its task was restarted
+    assert reconciler.sweep(now=5.0) == []
+    assert reconciler.sweep(now=8.0) == []
+    assert reconciler.done
+
+
+def test_the_default_grace_outlasts_a_refresh_at_nsm_defaults() -> None:
+    # NSC refresh: 20 % of a 10-minute token = 120 s; heals come within seconds.
+    assert DEFAULT_RECONCILE_GRACE > 0.2 * 600
