@@ -59,6 +59,7 @@ class Reconciler:
     claims: dict[str, frozenset[Key] | None] = attrs.field(factory=dict)
     scanned: bool = False
     done: bool = False
+    finished: bool = False  # the sweep's removals are through (set by serve_reconcile)
     deadline: float = math.inf
 
     def found(self, interfaces: Iterable[Interface], now: float) -> None:
@@ -141,3 +142,4 @@ async def serve_reconcile(
     stale = reconciler.sweep(trio.current_time())
     if stale:
         await remove_interfaces(stale, hop=hop, netlink=netlink)
+    reconciler.finished = True
