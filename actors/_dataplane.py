@@ -24,6 +24,15 @@ What :class:`DataPlane` does for it:
   made again. A failed creation leaves nothing (``create_kernel_wire`` rolls back).
 * :meth:`DataPlane.remove`, on Close, expiry, reselect and a move to another endpoint.
 
+A remote connection has one wire per node, VXLAN in between: :meth:`DataPlane.plan_vxlan` gives
+this forwarder's side (:class:`VxlanSpec`): on the client's node, the client's namespace and
+name from the incoming KERNEL mechanism and the tunnel from the remote's VXLAN reply; on the
+endpoint's node, the endpoint's namespace and name from its KERNEL reply and the tunnel from the
+incoming VXLAN mechanism. Both sides' devices have their tunnel in the forwarder's underlay
+namespace. :meth:`DataPlane.ensure` and :meth:`DataPlane.remove` take either kind of spec and
+wire; a VNI the underlay already has comes back as ``trionsm.kernel.VniInUse`` (an
+AlreadyExists), for the forwarder to choose or ask for another.
+
 Errors are the kernel's typed errors (NotFound for a missing namespace, AlreadyExists for a taken
 name or address, InvalidArgument...), naming the forwarder, the network service, the wire and the
 cause. ``trionsm.kernel`` (and pyroute2) is imported on first use, not with this module.
@@ -33,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import attrs
 
@@ -41,12 +50,12 @@ from trionsm.api.connection import Mechanism
 from trionsm.api.connectioncontext import ConnectionContext, IpContext
 from trionsm.errors import AlreadyExists, FailedPrecondition, InvalidArgument, TrionsmError
 
-from ._mechanisms import KERNEL, Param, check_interface_name, describe
+from ._mechanisms import KERNEL, VXLAN, Param, check_interface_name, describe, vxlan_port
 
 if TYPE_CHECKING:
-    from trionsm.kernel import KernelWire, Netlink, NetlinkLimits
+    from trionsm.kernel import KernelWire, Netlink, NetlinkLimits, VxlanEnd
 
-__all__ = ["DataPlane", "Wire", "WireSpec", "open_dataplane"]
+__all__ = ["DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
 
 DEFAULT_CLIENT_INTERFACE = "nsm-1"
 """The client end's name when the incoming mechanism names none (as ``trionsm.kernel``)."""
@@ -81,13 +90,79 @@ class WireSpec:
             f"{self.endpoint_ifname} in {self.endpoint_netns}"
         )
 
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        """The namespaces its interfaces live in."""
+        return (self.client_netns, self.endpoint_netns)
+
+    @property
+    def ifnames(self) -> tuple[str, ...]:
+        """Its interfaces' names."""
+        return (self.client_ifname, self.endpoint_ifname)
+
+
+@attrs.frozen
+class VxlanSpec:
+    """This forwarder's side of a remote connection's wire: one vxlan device.
+
+    Attributes:
+        connection_id: the forwarder's connection id (the alias comes from it).
+        side: ``"client"`` (the NSC's node) or ``"endpoint"`` (the NSE's node).
+        netns, ifname: the interface's namespace URL and name.
+        underlay_netns: where the tunnel lives (the forwarder's node).
+        local_ip, remote_ip: this side's and the peer's tunnel address.
+        vni, port: the VXLAN network identifier and UDP port.
+        mtu: the MTU wanted; 0: the most the underlay allows.
+        ip_context: addresses, routes, neighbours, policies (compared by ``encoded``).
+    """
+
+    connection_id: str
+    side: Literal["client", "endpoint"]
+    netns: str
+    ifname: str
+    underlay_netns: str
+    local_ip: str
+    remote_ip: str
+    vni: int
+    port: int
+    mtu: int
+    ip_context: IpContext | None = attrs.field(eq=False)
+    encoded: bytes = attrs.field(repr=False)
+
+    @property
+    def description(self) -> str:
+        """``nsm-1 in <netns> over VXLAN 42 (a -> b:4789)``, for errors and logs."""
+        tunnel = f"{self.local_ip} -> {self.remote_ip}:{self.port}"
+        return f"{self.ifname} in {self.netns} over VXLAN {self.vni} ({tunnel})"
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.netns,)
+
+    @property
+    def ifnames(self) -> tuple[str, ...]:
+        return (self.ifname,)
+
 
 @attrs.frozen
 class Wire:
-    """A wire the data plane made: its spec and what the kernel package reported."""
+    """A wire the data plane made: its spec and what the kernel package reported (a veth pair
+    for a local connection, this side's vxlan end for a remote one)."""
 
-    spec: WireSpec
-    kernel: KernelWire
+    spec: WireSpec | VxlanSpec
+    kernel: KernelWire | VxlanEnd
+
+    @property
+    def ifname(self) -> str:
+        """The name of the interface on the incoming side (the client's, or this node's end)."""
+        if isinstance(self.spec, VxlanSpec):
+            return self.spec.ifname
+        return self.spec.client_ifname
+
+    @property
+    def mtu(self) -> int:
+        """The MTU as made (0: the kernel's default on a veth pair)."""
+        return self.kernel.mtu
 
 
 class DataPlane:
@@ -166,7 +241,80 @@ class DataPlane:
             encoded=bytes(ip_context) if ip_context is not None else b"",
         )
 
-    async def ensure(self, current: Wire | None, spec: WireSpec, *, hop: str, service: str) -> Wire:
+    def plan_vxlan(
+        self,
+        connection_id: str,
+        side: Literal["client", "endpoint"],
+        workload: Mechanism | None,
+        tunnel: Mechanism | None,
+        context: ConnectionContext | None,
+        *,
+        underlay_netns: str,
+        hop: str,
+        service: str,
+    ) -> VxlanSpec:
+        """This side's vxlan end: ``workload`` is the KERNEL mechanism of this node's workload
+        (the client's incoming one, or the endpoint's reply), ``tunnel`` the VXLAN mechanism
+        with both tunnel addresses and the VNI (the remote's reply, or the incoming one as this
+        forwarder filled it). The MTU is the smallest the two mechanisms and the context give.
+
+        Raises:
+            FailedPrecondition: the next hop answered with another mechanism than asked for.
+            InvalidArgument: a missing or malformed parameter, named.
+        """
+        client = side == "client"
+        if tunnel is None or tunnel.type != VXLAN:
+            raise FailedPrecondition(
+                f"the remote side answered a VXLAN request with {describe(tunnel)}",
+                hop=hop,
+                service=service,
+            )
+        if workload is None or workload.type != KERNEL:
+            raise FailedPrecondition(
+                f"the endpoint answered a KERNEL request with {describe(workload)}",
+                hop=hop,
+                service=service,
+            )
+        parameters = tunnel.parameters
+        addresses = {key: parameters.get(key, "").strip() for key in (Param.SRC_IP, Param.DST_IP)}
+        for key, value in addresses.items():
+            if not value:
+                raise InvalidArgument(f"the VXLAN mechanism has no {key}", hop=hop, service=service)
+        vni = parameters.get(Param.VNI, "").strip()
+        if not vni.isdigit() or len(vni) > 8:
+            raise InvalidArgument(
+                f"the VXLAN mechanism's {Param.VNI} {vni[:20]!r} is not a VNI",
+                hop=hop,
+                service=service,
+            )
+        local, remote = addresses[Param.SRC_IP], addresses[Param.DST_IP]
+        mtus = [
+            _mtu(workload.parameters, "the KERNEL mechanism", hop, service),
+            _mtu(parameters, "the VXLAN mechanism", hop, service),
+            context.mtu if context is not None else 0,
+        ]
+        ip_context = context.ip_context if context is not None else None
+        whose = "the client's" if client else "the endpoint's"
+        return VxlanSpec(
+            connection_id=connection_id,
+            side=side,
+            netns=_netns(workload, whose, hop, service),
+            ifname=_ifname(
+                workload, DEFAULT_CLIENT_INTERFACE if client else "", side, hop, service
+            ),
+            underlay_netns=underlay_netns,
+            local_ip=local if client else remote,
+            remote_ip=remote if client else local,
+            vni=int(vni),
+            port=vxlan_port(parameters, Param.DST_PORT, hop=hop, service=service),
+            mtu=min((mtu for mtu in mtus if mtu), default=0),
+            ip_context=ip_context,
+            encoded=bytes(ip_context) if ip_context is not None else b"",
+        )
+
+    async def ensure(
+        self, current: Wire | None, spec: WireSpec | VxlanSpec, *, hop: str, service: str
+    ) -> Wire:
         """The wire of ``spec``: ``current`` if it is that wire and still whole, else a new one
         (``current`` removed first). Cancellable: a creation cut short leaves nothing.
 
@@ -186,23 +334,38 @@ class DataPlane:
             await self.remove(current, hop=hop, service=service)
         try:
             try:
-                return Wire(spec, await self._create(spec, hop))
+                return _made(spec, await self._create(spec, hop))
             except AlreadyExists:
                 # A leftover of this very connection (a restarted forwarder re-requested, or a
                 # removal that failed): ours to replace. Anything else keeps the error.
-                ends = [spec.client_netns, spec.endpoint_netns]
-                names = [spec.client_ifname, spec.endpoint_ifname]
+                ends, names = spec.namespaces, spec.ifnames
                 if not await remove_wire(
                     spec.connection_id, ends, ifnames=names, hop=hop, netlink=self.netlink
                 ):
                     raise
-                return Wire(spec, await self._create(spec, hop))
+                return _made(spec, await self._create(spec, hop))
         except TrionsmError as exc:
             raise _about(exc, f"creating the wire {spec.description}", service) from exc
 
-    async def _create(self, spec: WireSpec, hop: str) -> KernelWire:
-        from trionsm.kernel import create_kernel_wire
+    async def _create(self, spec: WireSpec | VxlanSpec, hop: str) -> KernelWire | VxlanEnd:
+        from trionsm.kernel import create_kernel_wire, create_vxlan_end
 
+        if isinstance(spec, VxlanSpec):
+            return await create_vxlan_end(
+                spec.connection_id,
+                spec.underlay_netns,
+                spec.netns,
+                spec.ifname,
+                side=spec.side,
+                local_ip=spec.local_ip,
+                remote_ip=spec.remote_ip,
+                vni=spec.vni,
+                port=spec.port,
+                mtu=spec.mtu,
+                ip_context=spec.ip_context,
+                hop=hop,
+                netlink=self.netlink,
+            )
         return await create_kernel_wire(
             spec.connection_id,
             spec.client_netns,
@@ -223,8 +386,8 @@ class DataPlane:
         """
         from trionsm.kernel import remove_wire
 
-        ends = [wire.kernel.client.namespace, wire.kernel.endpoint.namespace]
-        names = [wire.kernel.client.ifname, wire.kernel.endpoint.ifname]
+        ends = [end.namespace for end in wire.kernel.ends]
+        names = [end.ifname for end in wire.kernel.ends]
         try:
             await remove_wire(
                 wire.spec.connection_id, ends, ifnames=names, hop=hop, netlink=self.netlink
@@ -241,6 +404,14 @@ async def open_dataplane(limits: NetlinkLimits | None = None) -> AsyncIterator[D
 
     async with open_netlink(limits) as netlink:
         yield DataPlane(netlink)
+
+
+def _made(spec: WireSpec | VxlanSpec, kernel: KernelWire | VxlanEnd) -> Wire:
+    """The wire with the MTU it was made with in its spec: a vxlan end's comes from its underlay
+    and goes back in the reply, so a refresh asking for it again finds the same spec."""
+    if isinstance(spec, VxlanSpec) and spec.mtu != kernel.mtu:
+        spec = attrs.evolve(spec, mtu=kernel.mtu)
+    return Wire(spec, kernel)
 
 
 def _about(exc: TrionsmError, what: str, service: str | None) -> TrionsmError:

@@ -65,6 +65,7 @@ __all__ = [
     "translate_reply",
     "translate_request",
     "vxlan_mechanism",
+    "vxlan_port",
     "with_parameters",
 ]
 
@@ -255,6 +256,25 @@ def vxlan_mechanism(
     _put(parameters, Param.VNI, vni)
     _put(parameters, Param.MTU, mtu)
     return Mechanism(cls=REMOTE, type=VXLAN, parameters=parameters)
+
+
+def vxlan_port(
+    parameters: Mapping[str, str], key: str, *, hop: str | None = None, service: str | None = None
+) -> int:
+    """The UDP port in ``parameters[key]`` (``src_port``/``dst_port``); absent or empty gives
+    :data:`DEFAULT_VXLAN_PORT`, NSM's default.
+
+    Raises:
+        InvalidArgument: not a number in 1..65535, naming the key.
+    """
+    text = parameters.get(key, "").strip()
+    if not text:
+        return DEFAULT_VXLAN_PORT
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise InvalidArgument(
+            f"VXLAN {key} {text[:20]!r} is not a port number in 1..65535", hop=hop, service=service
+        )
+    return int(text)
 
 
 def with_parameters(mechanism: Mechanism, updates: Mapping[str, str]) -> Mechanism:

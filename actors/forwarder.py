@@ -24,16 +24,26 @@ veth wire between the two namespaces is made (``_dataplane``); the reply goes ba
 incoming mechanism's interface name and MTU filled in. A refresh keeps a wire that is still whole
 (recreating one deleted behind our back); Close, expiry, reselect and a move to another endpoint
 remove it. A failed wire closes the endpoint's connection and fails the Request with the kernel's
-typed error (hop, service, wire, cause); nothing is left half-made. A KERNEL connection to an
-endpoint on another node needs a REMOTE mechanism (VXLAN), not programmed yet: such candidates
-fail with FailedPrecondition.
+typed error (hop, service, wire, cause); nothing is left half-made.
+
+Remote KERNEL connections go over VXLAN (with ``VXLAN`` in ``mechanisms`` and a ``tunnel_ip``,
+this forwarder's address in its ``underlay_netns``). On the client's node, the forwarder asks the
+remote nsmgr for VXLAN with ``src_ip``/``src_port`` filled; the far side's forwarder fills
+``dst_ip``/``dst_port``, picks the VNI (:mod:`._vni`: NSM's parity rule, unique per source, the
+same VNI kept on a refresh while still valid), asks its endpoint for KERNEL and makes its vxlan
+end in the endpoint's namespace, then replies; the client's forwarder makes its own end in the
+client's namespace. A VNI the kernel refuses (``VniInUse``: another device of that underlay has
+it) is replaced: the far side picks another one, the near side asks the far side again. The
+payload is IP over the kernel's Ethernet device (ARP works across, and both sides also know each
+other's MAC). Close, expiry and reselect remove each side's end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
@@ -45,28 +55,33 @@ from trionsm.api.connection import Connection, Mechanism
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint, NetworkServiceLabels
 from trionsm.clock import Clock
-from trionsm.errors import FailedPrecondition, NotFound, TrionsmError
+from trionsm.errors import FailedPrecondition, InvalidArgument, NotFound, TrionsmError
 from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
 from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 
 from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop
-from ._dataplane import DataPlane, Wire, open_dataplane
+from ._dataplane import DataPlane, VxlanSpec, Wire, WireSpec, open_dataplane
 from ._health import Health
 from ._mechanisms import (
+    DEFAULT_VXLAN_PORT,
     KERNEL,
     LOCAL,
     NOOP,
     REMOTE,
+    VXLAN,
     Param,
     is_local_url,
     kernel_mechanism,
     negotiate,
     noop_mechanism,
+    vxlan_mechanism,
+    vxlan_port,
     with_parameters,
 )
 from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
 from ._select import RoundRobin, all_failed_error, drop_expired, select_endpoints
+from ._vni import VniBook
 from .lease import Lease, serve_lease
 
 __all__ = [
@@ -81,6 +96,8 @@ __all__ = [
 
 FORWARDER_SERVICE = "forwarder"
 FORWARDER_LABELS = {"p2p": "true"}
+VNI_ATTEMPTS = 4
+"""Times a remote wire is tried with a new VNI when the kernel refuses one (VniInUse)."""
 
 
 class Forwarder(ServerHop):
@@ -91,6 +108,8 @@ class Forwarder(ServerHop):
         mechanisms: the mechanism types it can program (KERNEL needs ``dataplane``).
         remote: decides whether a next hop URL is on another node (default: by URL scheme).
         dataplane: programs KERNEL wires (None: KERNEL connections are refused).
+        tunnel_ip: this forwarder's address on the underlay (required for VXLAN).
+        underlay_netns: the namespace holding ``tunnel_ip`` (default: the forwarder's own).
     """
 
     def __init__(
@@ -102,10 +121,16 @@ class Forwarder(ServerHop):
         remote: Any = None,
         clock: Clock | None = None,
         dataplane: DataPlane | None = None,
+        tunnel_ip: str = "",
+        underlay_netns: str = "",
     ) -> None:
         super().__init__(name, tokens, clock=clock)
         self.mechanisms = tuple(mechanisms)
         self.dataplane = dataplane
+        self.tunnel_ip = tunnel_ip
+        self.underlay_netns = underlay_netns or "file:///proc/self/ns/net"
+        self.vnis = VniBook()
+        self.vni_rng: random.Random | None = None  # tests seed the VNI choice
         self.round_robin = RoundRobin()
         self.registry: Any = None  # a Client to the nsmgr's registry front
         self.discovery = Discovery()  # cached look-ups through it
@@ -114,24 +139,96 @@ class Forwarder(ServerHop):
     def _outgoing_preferences(self, url: str, incoming: Mechanism, service: str) -> list[Mechanism]:
         remote = self._remote(url)
         if incoming.type == KERNEL:
+            return [self._vxlan_preference(incoming, service)] if remote else [kernel_mechanism()]
+        if incoming.type == VXLAN:
             if remote:
                 raise FailedPrecondition(
-                    "a KERNEL connection to an endpoint on another node needs a REMOTE "
-                    "mechanism (VXLAN), which this forwarder does not program yet",
+                    "a VXLAN connection ends on this node, but the endpoint is on another one",
                     hop=self.name,
                     service=service,
                 )
             return [kernel_mechanism()]
         return [noop_mechanism(REMOTE if remote else LOCAL)] if NOOP in self.mechanisms else []
 
-    async def _check_kernel(self, incoming: Mechanism, service: str) -> DataPlane:
-        if self.dataplane is None:
+    def _vxlan_preference(self, incoming: Mechanism, service: str) -> Mechanism:
+        """The client side's VXLAN preference towards another node (``src_*`` filled)."""
+        needs = "a KERNEL connection to an endpoint on another node needs VXLAN"
+        if VXLAN not in self.mechanisms:
+            offered = ", ".join(self.mechanisms)
             raise FailedPrecondition(
-                "this forwarder has no data plane for KERNEL connections",
+                f"{needs}, which this forwarder does not offer (it has {offered})",
                 hop=self.name,
                 service=service,
             )
-        await self.dataplane.check_client(incoming, hop=self.name, service=service)
+        if not self.tunnel_ip:
+            raise FailedPrecondition(
+                f"{needs}, and this forwarder has no tunnel_ip configured",
+                hop=self.name,
+                service=service,
+            )
+        mtu = incoming.parameters.get(Param.MTU, "")
+        return vxlan_mechanism(
+            self.tunnel_ip,
+            src_port=DEFAULT_VXLAN_PORT,
+            mtu=int(mtu) if mtu.isdigit() else None,
+        )
+
+    def _answer_vxlan(
+        self,
+        actor: ServerConnection,
+        incoming: Mechanism,
+        service: str,
+        excluded: frozenset[int] = frozenset(),
+    ) -> Mechanism:
+        """The server side's VXLAN mechanism: ``dst_*`` filled and the VNI chosen (the incoming
+        one kept while still valid), recorded for this connection.
+
+        Raises:
+            FailedPrecondition: no ``tunnel_ip`` configured.
+            InvalidArgument: no or a malformed ``src_ip``/``src_port``.
+        """
+        if not self.tunnel_ip:
+            raise FailedPrecondition(
+                "a VXLAN connection needs this forwarder's tunnel_ip, and none is configured",
+                hop=self.name,
+                service=service,
+            )
+        parameters = incoming.parameters
+        src_ip = parameters.get(Param.SRC_IP, "").strip()
+        if not src_ip:
+            raise InvalidArgument(
+                "the VXLAN mechanism has no src_ip", hop=self.name, service=service
+            )
+        port = vxlan_port(parameters, Param.SRC_PORT, hop=self.name, service=service)
+        try:
+            vni = self.vnis.assign(
+                actor.id,
+                src_ip,
+                self.tunnel_ip,
+                requested=parameters.get(Param.VNI, ""),
+                excluded=excluded,
+                orig_src_ip=parameters.get(Param.ORIG_SRC_IP, ""),
+                orig_dst_ip=parameters.get(Param.ORIG_DST_IP, ""),
+                rng=self.vni_rng,
+            )
+        except TrionsmError as exc:
+            raise type(exc)(exc.reason, hop=self.name, service=service) from exc
+        # One UDP port per tunnel: a Linux vxlan device sends to and listens on the same one.
+        filled = {Param.DST_IP: self.tunnel_ip, Param.DST_PORT: str(port), Param.VNI: str(vni)}
+        return with_parameters(incoming, filled)
+
+    def release(self, actor: ServerConnection) -> None:
+        self.vnis.release(actor.id)
+
+    async def _check_kernel(self, incoming: Mechanism, service: str) -> DataPlane:
+        if self.dataplane is None:
+            raise FailedPrecondition(
+                f"this forwarder has no data plane for {incoming.type} connections",
+                hop=self.name,
+                service=service,
+            )
+        if incoming.type == KERNEL:
+            await self.dataplane.check_client(incoming, hop=self.name, service=service)
         return self.dataplane
 
     async def _candidates(self, connection: Connection, bound: float) -> list[Any]:
@@ -177,7 +274,11 @@ class Forwarder(ServerHop):
             hop=self.name,
             service=service,
         )
-        dataplane = await self._check_kernel(incoming, service) if incoming.type == KERNEL else None
+        dataplane = None
+        if incoming.type in (KERNEL, VXLAN):
+            dataplane = await self._check_kernel(incoming, service)
+        if incoming.type == VXLAN:
+            incoming = self._answer_vxlan(actor, incoming, service)
         candidates = await self._candidates(connection, actor.remaining())
         failures: list[tuple[str, BaseException]] = []
         for endpoint in candidates:
@@ -209,7 +310,10 @@ class Forwarder(ServerHop):
                     await self._remove_wire(actor)
                     await self._close_at(actor.next, actor)
             if dataplane is not None:
-                incoming = await self._plumb(dataplane, actor, incoming, reply, endpoint.url)
+                again = partial(self._ask_again, client, outgoing, actor)
+                incoming, reply = await self._plumb(
+                    dataplane, actor, incoming, reply, endpoint.url, again
+                )
             actor.state["endpoint"] = endpoint.name
             actor.state["mechanism"] = reply.mechanism
             assert reply.path is not None
@@ -225,29 +329,85 @@ class Forwarder(ServerHop):
         incoming: Mechanism,
         reply: Connection,
         url: str,
-    ) -> Mechanism:
-        """Make (or keep) the connection's wire; returns the incoming mechanism as made.
+        again: Callable[[Connection], Awaitable[Connection]],
+    ) -> tuple[Mechanism, Connection]:
+        """Make (or keep) the connection's wire; returns the incoming mechanism as made and the
+        reply it was made for (another one when the far side had to pick another VNI).
 
         On failure the endpoint's connection is closed and the connection forgets its endpoint,
         then the error propagates (nothing of the new wire remains).
         """
+        from trionsm.kernel import VniInUse
+
         service = reply.network_service
+        excluded: set[int] = set()
         try:
-            spec = dataplane.plan(
-                actor.id, incoming, reply.mechanism, reply.context, hop=self.name, service=service
-            )
-            wire: Wire = await dataplane.ensure(
-                actor.state.pop("wire", None), spec, hop=self.name, service=service
-            )
+            for attempt in range(VNI_ATTEMPTS):
+                spec = self._spec(dataplane, actor, incoming, reply)
+                try:
+                    wire: Wire = await dataplane.ensure(
+                        actor.state.pop("wire", None), spec, hop=self.name, service=service
+                    )
+                    break
+                except VniInUse:
+                    if attempt == VNI_ATTEMPTS - 1 or not isinstance(spec, VxlanSpec):
+                        raise
+                    if incoming.type == VXLAN:  # ours to pick: another one
+                        excluded.add(spec.vni)
+                        incoming = self._answer_vxlan(actor, incoming, service, frozenset(excluded))
+                    else:  # the far side picks: ask it again (on the path it answered)
+                        reply = await again(reply)
         except BaseException:
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await self._abandon(actor, url, reply)
             raise
         actor.state["wire"] = wire
-        made = {Param.NAME: wire.spec.client_ifname}
-        if wire.spec.mtu:
-            made[Param.MTU] = str(wire.spec.mtu)
-        return with_parameters(incoming, made)
+        made = {} if incoming.type == VXLAN else {Param.NAME: wire.ifname}
+        if wire.mtu:
+            made[Param.MTU] = str(wire.mtu)
+        return with_parameters(incoming, made), reply
+
+    async def _ask_again(
+        self,
+        client: Any,
+        outgoing: NetworkServiceRequest,
+        actor: ServerConnection,
+        reply: Connection,
+    ) -> Connection:
+        """``outgoing`` again without its mechanism, on the path of its ``reply`` (the same
+        connection downstream): the far side picks a new VNI."""
+        connection = outgoing.connection
+        assert connection is not None
+        assert connection.path is not None
+        assert reply.path is not None
+        path = dataclasses.replace(reply.path, index=connection.path.index)
+        retry = dataclasses.replace(
+            outgoing, connection=dataclasses.replace(connection, mechanism=None, path=path)
+        )
+        answer: Connection = await client.network_service.request(
+            retry, timeout=actor.remaining(), metadata=token_metadata(self)
+        )
+        return answer
+
+    def _spec(
+        self, dataplane: DataPlane, actor: ServerConnection, incoming: Mechanism, reply: Connection
+    ) -> WireSpec | VxlanSpec:
+        """The wire for this reply: a veth pair, or this side's vxlan end of a remote one."""
+        service, hop = reply.network_service, self.name
+        underlay = self.underlay_netns
+        if incoming.type == VXLAN:  # the endpoint's node
+            return dataplane.plan_vxlan(
+                actor.id, "endpoint", reply.mechanism, incoming, reply.context,
+                underlay_netns=underlay, hop=hop, service=service,
+            )  # fmt: skip
+        if reply.mechanism is not None and reply.mechanism.type == VXLAN:  # the client's node
+            return dataplane.plan_vxlan(
+                actor.id, "client", incoming, reply.mechanism, reply.context,
+                underlay_netns=underlay, hop=hop, service=service,
+            )  # fmt: skip
+        return dataplane.plan(
+            actor.id, incoming, reply.mechanism, reply.context, hop=hop, service=service
+        )
 
     async def _abandon(self, actor: ServerConnection, url: str, reply: Connection) -> None:
         """Close the endpoint's connection ``reply`` (best effort) and forget the endpoint."""
@@ -304,6 +464,8 @@ async def serve_forwarder(
     labels: Mapping[str, str] | None = None,
     remote: Any = None,
     dataplane: DataPlane | None = None,
+    tunnel_ip: str = "",
+    underlay_netns: str = "",
     public_url: str | None = None,
     tokens: TokenProvider | None = None,
     clock: Clock | None = None,
@@ -319,8 +481,10 @@ async def serve_forwarder(
         url: where it serves.
         nsmgr: its nsmgr's URL (registration and discovery go through it).
         mechanisms: the mechanism types it programs (``(KERNEL, NOOP)`` for veth wires).
-        dataplane: programs the KERNEL wires (shared, not closed here); None with KERNEL in
-            ``mechanisms``: the forwarder opens its own for as long as it runs.
+        dataplane: programs the KERNEL wires (shared, not closed here); None with KERNEL or
+            VXLAN in ``mechanisms``: the forwarder opens its own for as long as it runs.
+        tunnel_ip: its address on the underlay, for VXLAN (remote KERNEL connections).
+        underlay_netns: the namespace holding ``tunnel_ip`` (default: the forwarder's own).
         labels: its registration labels (default ``p2p=true``).
         remote: ``remote(url) -> bool``, whether a next hop is on another node (default: by
             scheme; in-process meshes tell it).
@@ -337,6 +501,8 @@ async def serve_forwarder(
             remote=remote,
             clock=clock,
             dataplane=chosen,
+            tunnel_ip=tunnel_ip,
+            underlay_netns=underlay_netns,
         )
         await _serve(
             forwarder,
@@ -355,7 +521,7 @@ async def serve_forwarder(
 async def _dataplane_for(
     mechanisms: Sequence[str], dataplane: DataPlane | None
 ) -> AsyncIterator[DataPlane | None]:
-    if dataplane is not None or KERNEL not in mechanisms:
+    if dataplane is not None or not {KERNEL, VXLAN} & set(mechanisms):
         yield dataplane
         return
     async with open_dataplane() as owned:

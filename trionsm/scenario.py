@@ -25,17 +25,22 @@ one kernel executor the mesh owns (:attr:`Mesh.netlink`, closed when the mesh ex
 use it for their liveness checks. The actors still run in this process; only interfaces live in
 namespaces: ``add_endpoint(..., netns=url)`` serves an NSE "in" a namespace and
 ``connect("kernel://svc/nsm-1", netns=url)`` puts a client's interface in one.
+Remote connections go over VXLAN: each node gets an underlay namespace (``tnsm-ul<node>-...``,
+address ``169.254.200.<node + 1>/24``), all joined by a bridge in a namespace of its own, and
+the node's forwarders get ``tunnel_ip`` and ``underlay_netns`` from it (:attr:`Mesh.underlay`).
 :meth:`Mesh.add_netns` makes a namespace the mesh deletes on exit, and :meth:`Mesh.remove_netns`
 deletes one now (a pod died: with its namespace go its interfaces, and the veth peers of those).
 
 Leaks: :meth:`Mesh.baseline` snapshots every role's supervision tree; :meth:`Mesh.leaks` then
 lists what is left behind (connections in a hop's monitor hub, connection actors, a tree that
-differs from its baseline), so a test ends with ``assert await mesh.leaks(baseline) == []``.
+differs from its baseline, and in a kernel mesh any interface left in a node's underlay), so a
+test ends with ``assert await mesh.leaks(baseline) == []``.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,7 +54,7 @@ import trio.testing
 
 from trionsm._processes import ProcessMesh, RoleProcess, open_process_mesh
 from trionsm.actors._connection import ServerHop
-from trionsm.actors._mechanisms import KERNEL, NOOP
+from trionsm.actors._mechanisms import KERNEL, NOOP, VXLAN
 from trionsm.actors.client import ClientConnection, open_connection
 from trionsm.actors.endpoint import serve_endpoint
 from trionsm.actors.forwarder import DataPlane, serve_forwarder
@@ -101,6 +106,7 @@ class Mesh:
         options: dict[str, Any],
         netlink: Netlink | None = None,
         namespaces: list[str] | None = None,
+        underlay: Underlay | None = None,
     ) -> None:
         self._nursery = nursery
         self._prefix = prefix
@@ -112,6 +118,8 @@ class Mesh:
         """The kernel executor of a ``kernel=True`` mesh (None otherwise)."""
         self.namespaces: list[str] = namespaces if namespaces is not None else []
         """The names of the namespaces :meth:`add_netns` made (deleted when the mesh exits)."""
+        self.underlay = underlay
+        """The nodes' network for VXLAN in a ``kernel=True`` mesh (None otherwise)."""
 
     def url(self, name: str) -> str:
         return f"inproc://{self._prefix}-{name}"
@@ -177,6 +185,8 @@ class Mesh:
         node = len(self.nodes)
         nsmgr = f"nsmgr-{node}"
         self.nodes.append(nsmgr)
+        if self.underlay is not None:
+            await self.underlay.add(node)
         client = {"roundtrip_bytes": self._options["roundtrip_bytes"]}
         await self._add(
             nsmgr,
@@ -193,13 +203,20 @@ class Mesh:
             await self.add_forwarder(f"forwarder-{node}-{index}", node=node)
         return node
 
-    async def add_forwarder(self, name: str, *, node: int) -> Any:
+    async def add_forwarder(self, name: str, *, node: int, **options: Any) -> Any:
+        """Start a forwarder on ``node``; ``options`` go to ``serve_forwarder`` (overriding the
+        mesh's: ``tunnel_ip=""`` makes one without VXLAN)."""
+
         def remote(url: str) -> bool:  # towards another node's nsmgr
             return url in {self.nsmgr_url(i) for i in range(len(self.nodes))}
 
         kernel: dict[str, Any] = {}
         if self.netlink is not None:
-            kernel = {"mechanisms": (KERNEL, NOOP), "dataplane": DataPlane(self.netlink)}
+            kernel = {"mechanisms": (KERNEL, VXLAN, NOOP), "dataplane": DataPlane(self.netlink)}
+        if self.underlay is not None:
+            kernel["tunnel_ip"] = self.underlay.address(node)
+            kernel["underlay_netns"] = self.underlay.url(node)
+        kernel.update(options)
         return await self._add(
             name,
             partial(
@@ -332,6 +349,8 @@ class Mesh:
                 found.append(f"{name}: supervision tree {shape} is not {baseline[name]}")
             elif any(path.startswith(f"{name}/connections/") for path, _ in shape):
                 found.append(f"{name}: children left under its connections supervisor")
+        if self.underlay is not None:
+            found += await self.underlay.leaks()
         return found
 
     @asynccontextmanager
@@ -348,6 +367,69 @@ class Mesh:
             **options,
         ) as connection:
             yield connection
+
+
+class Underlay:
+    """The nodes' network of a kernel mesh: a namespace per node (``tnsm-ul<node>-<token>``,
+    interface ``ul0`` with ``169.254.200.<node + 1>/24``), each joined by a veth to the bridge
+    ``br0`` of one more namespace (``tnsm-br-<token>``). Every name goes into ``namespaces``,
+    which the mesh deletes by exact name when it exits."""
+
+    def __init__(self, namespaces: list[str]) -> None:
+        self.token = secrets.token_hex(3)
+        self._namespaces = namespaces
+        self.bridge = f"tnsm-br-{self.token}"
+        self.names: dict[int, str] = {}
+
+    def address(self, node: int) -> str:
+        """The tunnel address of ``node``'s forwarders."""
+        if not 0 <= node < 254:
+            raise ValueError(f"node {node}: the underlay has room for nodes 0..253")
+        return f"169.254.200.{node + 1}"
+
+    def url(self, node: int) -> str:
+        """``node``'s underlay namespace, as a ``file:///run/netns/`` URL."""
+        return f"file:///run/netns/{self.names[node]}"
+
+    async def add(self, node: int) -> None:
+        """Make ``node``'s underlay namespace and plug it into the bridge (the bridge first)."""
+        if not self.names:
+            self._namespaces.append(self.bridge)
+            await _ip("netns", "add", self.bridge)
+            await _ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+            await _ip("-n", self.bridge, "link", "set", "br0", "up")
+        address = self.address(node)
+        name = f"tnsm-ul{node}-{self.token}"
+        self.names[node] = name
+        self._namespaces.append(name)
+        port = f"n{node}"
+        await _ip("netns", "add", name)
+        await _ip("-n", name, "link", "add", "ul0", "type", "veth", "peer", "name", port,
+                  "netns", self.bridge)  # fmt: skip
+        await _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
+        await _ip("-n", name, "addr", "add", f"{address}/24", "dev", "ul0")
+        await _ip("-n", name, "link", "set", "ul0", "up")
+
+    async def leaks(self) -> list[str]:
+        """Interfaces in an underlay namespace besides ``lo`` and ``ul0`` (a vxlan device left
+        half-made, for instance)."""
+        found = []
+        for node, name in self.names.items():
+            done = await trio.run_process(
+                ["ip", "-j", "-n", name, "link", "show"], capture_stdout=True
+            )
+            extra = sorted(
+                link["ifname"]
+                for link in json.loads(done.stdout or b"[]")
+                if link["ifname"] not in ("lo", "ul0")
+            )
+            if extra:
+                found.append(f"underlay of node {node} ({name}): {', '.join(extra)} left")
+        return found
+
+
+async def _ip(*args: str) -> None:
+    await trio.run_process(["ip", *args])
 
 
 def tree_shape(tree: SupervisorTree) -> tuple[tuple[str, str], ...]:
@@ -367,18 +449,20 @@ async def open_mesh(
     """A registry and ``nodes`` nodes in this Trio run; everything stops when the block exits.
 
     Args:
-        kernel: forwarders program KERNEL wires through one executor the mesh owns (see the
-            module docstring); on exit the actors stop, then the executor closes, then the
-            namespaces of :meth:`Mesh.add_netns` are deleted. Wires of connections still open
+        kernel: forwarders program KERNEL wires through one executor the mesh owns, and VXLAN
+            between nodes over the mesh's underlay (see the module docstring); on exit the
+            actors stop, then the executor closes, then the namespaces of :meth:`Mesh.add_netns`
+            and the underlay's are deleted. Wires of connections still open
             at exit are left to their namespaces.
     """
     namespaces: list[str] = []
     async with AsyncExitStack() as stack:  # on exit: the actors, then the executor, then netns
         stack.push_async_callback(_delete_namespaces, namespaces)
-        netlink = None
+        netlink = underlay = None
         if kernel:
             from trionsm.kernel import open_netlink
 
+            underlay = Underlay(namespaces)
             netlink = await stack.enter_async_context(open_netlink())
         nursery = await stack.enter_async_context(trio.open_nursery())
         mesh = Mesh(
@@ -387,6 +471,7 @@ async def open_mesh(
             {"roundtrip_bytes": roundtrip_bytes, "registry_options": dict(registry_options or {})},
             netlink,
             namespaces,
+            underlay,
         )
         await mesh._start_registry()
         for _ in range(nodes):
