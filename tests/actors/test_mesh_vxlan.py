@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -217,3 +218,20 @@ async def test_a_forwarder_without_tunnel_ip_refuses_a_remote_kernel_connection(
         assert endpoint.counts.requests == 0
         assert list(await host.links(client_ns)) == ["lo"]
         assert await mesh.leaks() == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--tunnel-ip", "1.2.3"], "argument --tunnel-ip: '1.2.3': expected an IP address"),
+        (["--underlay-netns", "tnsm-no-such-0"], "argument --underlay-netns: 'tnsm-no-such-0'"),
+        (["--underlay-netns", "file:///proc/self/ns/net"], "--underlay-netns: needs --tunnel-ip"),
+    ],
+)
+async def test_the_forwarder_command_checks_its_vxlan_flags(flags: list[str], words: str) -> None:
+    command = [sys.executable, "-m", "trionsm.cli", "forwarder", "--name", "f"]
+    command += ["--listen", "unix:///tmp/tnsm-unused.sock", "--nsmgr", "unix:///tmp/tnsm-no.sock"]
+    with trio.fail_after(BOUND):
+        done = await trio.run_process([*command, *flags], check=False, capture_stderr=True)
+    assert done.returncode == 2
+    assert words in done.stderr.decode()
