@@ -146,6 +146,44 @@ async def test_two_ends_ping_across_v4_and_v6_with_the_underlay_mtu_and_go_clean
         assert again[0].vni == 100
 
 
+async def test_an_ipv6_underlay_carries_the_tunnel_with_its_larger_overhead(
+    host: Host, netlink: Netlink
+) -> None:
+    u1, u2, w1, w2 = [await host.netns() for _ in range(4)]
+    local, remote = "fd00::250:1", "fd00::250:2"
+    await host.run(u1, "link", "add", "ul", "type", "veth", "peer", "name", "veth0")
+    await host.run(u1, "link", "set", "veth0", "netns", u2.removeprefix("file:///run/netns/"))
+    for netns, name, address in ((u1, "ul", local), (u2, "veth0", remote)):
+        await host.run(netns, "addr", "add", f"{address}/64", "dev", name, "nodad")
+        await host.run(netns, "link", "set", name, "up")
+    with trio.fail_after(BOUND):
+        ends = []
+        for side, underlay, netns, here, there in (
+            ("endpoint", u2, w2, remote, local),
+            ("client", u1, w1, local, remote),
+        ):
+            ends.append(
+                await create_vxlan_end(
+                    f"conn-{side}",
+                    underlay,
+                    netns,
+                    "",
+                    side=side,  # type: ignore[arg-type]
+                    local_ip=here,
+                    remote_ip=there,
+                    vni=7,
+                    ip_context=pair_context(11),
+                    netlink=netlink,
+                )
+            )
+        assert [end.mtu for end in ends] == [1430, 1430]  # 1500 - 70 over IPv6
+        assert ends[1].end.ifname == "nsm-1"  # the client's default name
+        assert await ping(w1, "169.254.11.2", timeout=2.0, netlink=netlink)
+        assert await ping(w2, "fd00::b:1", timeout=2.0, netlink=netlink)
+        (details,) = await host.json(w1, "-d", "link", "show", "nsm-1")
+        assert details["linkinfo"]["info_data"]["local6"] == local
+
+
 async def test_mtu_is_the_requested_one_when_smaller_else_what_the_underlay_allows(
     host: Host, netlink: Netlink
 ) -> None:
