@@ -10,7 +10,9 @@ Map:
 * :func:`open_supervisor` / :func:`serve_supervisor` / :func:`supervisor_spec`, :class:`Strategy`,
   :class:`AutoShutdown`: supervisors (ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE, SIMPLE_ONE_FOR_ONE),
   and the :class:`Supervisor` handle with ``start_child``, ``terminate_child``, ``restart_child``,
-  ``delete_child``, ``which_children``, ``count_children`` and ``tree``.
+  ``delete_child``, ``which_children``, ``count_children``, ``tree`` and ``crash_child`` (fault
+  injection: an abnormal exit with :class:`Crashed`, by id or by path down the tree;
+  :func:`nested_supervisor` says which child values the tree descends into).
 * :class:`Actor`, :class:`ActorRef`, :func:`serve_actor`, :func:`actor_spec`: one task with a
   bounded mailbox, ``call`` (with a timeout) and ``cast``.
 * :func:`cleanup_scope`: the shielded window a child's cleanup runs in when it is stopped.
@@ -56,6 +58,7 @@ from ._spec import (
 from ._supervisor import (
     ChildHandle,
     Supervisor,
+    nested_supervisor,
     open_supervisor,
     serve_supervisor,
     supervisor_spec,
@@ -67,7 +70,9 @@ from .errors import (
     AlreadyStarted,
     CallTimeout,
     ChildNotFound,
+    ChildNotRunning,
     ChildRunning,
+    Crashed,
     MailboxFull,
     RestartIntensityExceeded,
     Shutdown,
@@ -95,10 +100,12 @@ __all__ = [
     "ChildInfo",
     "ChildNode",
     "ChildNotFound",
+    "ChildNotRunning",
     "ChildRunning",
     "ChildSpec",
     "ChildState",
     "ChildType",
+    "Crashed",
     "Exit",
     "ExitKind",
     "MailboxFull",
@@ -116,6 +123,7 @@ __all__ = [
     "SupervisorTree",
     "actor_spec",
     "cleanup_scope",
+    "nested_supervisor",
     "open_supervisor",
     "serve_actor",
     "serve_supervisor",

@@ -74,6 +74,7 @@ class _Run:
     value: Any = None
     exit: Exit | None = None
     stop_requested_at: float | None = None
+    crash: BaseException | None = None  # the exit reason of a crash on request
 
     @property
     def ignored(self) -> bool:
@@ -83,6 +84,12 @@ class _Run:
         if self.stop_requested_at is None:
             self.stop_requested_at = trio.current_time()
         self.scope.cancel()
+
+    def request_crash(self, error: BaseException) -> None:
+        """End this incarnation abnormally with ``error`` (unless it is already stopping)."""
+        if self.stop_requested_at is None and self.crash is None:
+            self.crash = error
+            self.scope.cancel()
 
 
 def _claim_child_slot() -> tuple[str, dict[str, Any]] | None:
@@ -187,7 +194,9 @@ async def _run_incarnation(
                 run.exit = Exit(ExitKind.ABNORMAL, exc)
             else:
                 run.exit = Exit(ExitKind.NORMAL)
-        if run.exit is None:
+        if run.exit is None and run.crash is not None:
+            run.exit = Exit(ExitKind.ABNORMAL, run.crash)  # crashed on request
+        elif run.exit is None:
             # Cancelled through its own scope: stopped by the supervisor.
             run.exit = Exit(ExitKind.SHUTDOWN)
         if not run.started:

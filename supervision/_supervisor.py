@@ -18,6 +18,7 @@ a time, or all at once for SIMPLE_ONE_FOR_ONE) and ``open_supervisor`` then rais
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -44,7 +45,9 @@ from .errors import (
     AlreadyPresent,
     AlreadyStarted,
     ChildNotFound,
+    ChildNotRunning,
     ChildRunning,
+    Crashed,
     RestartIntensityExceeded,
     SimpleOneForOneError,
     StartError,
@@ -52,7 +55,14 @@ from .errors import (
     SupervisorStopped,
 )
 
-__all__ = ["ChildHandle", "Supervisor", "open_supervisor", "serve_supervisor", "supervisor_spec"]
+__all__ = [
+    "ChildHandle",
+    "Supervisor",
+    "nested_supervisor",
+    "open_supervisor",
+    "serve_supervisor",
+    "supervisor_spec",
+]
 
 T = TypeVar("T")
 
@@ -229,6 +239,49 @@ class Supervisor:
             raise SimpleOneForOneError("delete_child is not allowed on SIMPLE_ONE_FOR_ONE")
         await self._request(partial(self._do_delete_child, child_id))
 
+    async def crash_child(self, path: str, reason: str = "crashed on request") -> ChildInfo:
+        """Crash a running child (fault injection): it exits abnormally with :class:`Crashed`.
+
+        Its supervisor then applies its restart policy, counted against its intensity, as for
+        any crash. ``path`` is a child id of this supervisor or a path as
+        :meth:`SupervisorTree.walk` gives it (this supervisor's name, then child ids), which
+        descends into child supervisors (see :func:`nested_supervisor`). The crashed child's
+        cleanup runs as when it is stopped (its ``cleanup_scope()`` window counts from now).
+
+        Returns the child's row as it was just before the crash, once that incarnation has
+        ended and its supervisor has handled the exit: a restarted child is running again (or
+        waits for a try-again restart), a TEMPORARY one is gone.
+
+        Raises:
+            ChildNotFound: no child at ``path`` (named in the error).
+            ChildNotRunning: the child is starting, restarting, stopping or stopped.
+            SupervisorStopped: the supervisor holding it is stopping.
+        """
+        owner, child_id = self._locate(path)
+        info, run = await owner._request(partial(owner._do_crash, child_id, path, reason))
+        await run.done.wait()
+        # The exit is queued on the owner's mailbox by now: one more request behind it returns
+        # once the owner has handled it (restarted the child, or given up).
+        with contextlib.suppress(SupervisorStopped):
+            await owner._request(_nothing)
+        return info
+
+    def _locate(self, path: str) -> tuple[Supervisor, str]:
+        parts = path.split("/")
+        if len(parts) > 1:
+            if parts[0] != self.name:
+                raise ChildNotFound(path)
+            parts = parts[1:]
+        owner: Supervisor = self
+        for part in parts[:-1]:
+            child = owner._by_id.get(part)
+            run = child.run if child is not None else None
+            inner = nested_supervisor(run.value) if run is not None and run.started else None
+            if inner is None:
+                raise ChildNotFound(path)
+            owner = inner
+        return owner, parts[-1]
+
     def which_children(self) -> list[ChildInfo]:
         """A snapshot of every child, in start order (OTP's ``which_children``)."""
         return [self._info(c) for c in self._order]
@@ -251,7 +304,8 @@ class Supervisor:
         nodes = []
         for child in self._order:
             value = child.run.value if child.run is not None and child.run.started else None
-            subtree = value.tree() if isinstance(value, Supervisor) else None
+            nested = nested_supervisor(value)
+            subtree = nested.tree() if nested is not None else None
             nodes.append(
                 ChildNode(
                     id=child.id,
@@ -326,6 +380,17 @@ class Supervisor:
             await self._terminate(child)
         if self._simple or child.spec.restart is Restart.TEMPORARY:
             self._remove(child)
+
+    async def _do_crash(self, child_id: str, path: str, reason: str) -> tuple[ChildInfo, _Run]:
+        child = self._by_id.get(child_id)
+        if child is None:
+            raise ChildNotFound(path)
+        run = child.run
+        if child.state is not ChildState.RUNNING or run is None:
+            raise ChildNotRunning(path, child.state.value)
+        info = self._info(child)
+        run.request_crash(Crashed(child_id, reason))
+        return info, run
 
     async def _do_restart_child(self, child_id: str) -> ChildHandle:
         child = self._lookup(child_id)
@@ -567,6 +632,23 @@ class Supervisor:
     def _start_loop(self, nursery: trio.Nursery) -> None:
         self._loop_started = True
         nursery.start_soon(self._loop)
+
+
+async def _nothing() -> None:
+    """A request that does nothing: its reply says the mailbox ahead of it was handled."""
+
+
+def nested_supervisor(value: Any) -> Supervisor | None:
+    """The supervisor a child's started value stands for, if any.
+
+    The value itself when it is a :class:`Supervisor`, else its ``supervisor`` attribute when that
+    is one (a handle on a service that runs its own supervisor). ``tree()`` and ``crash_child``
+    descend through it.
+    """
+    if isinstance(value, Supervisor):
+        return value
+    inner = getattr(value, "supervisor", None)
+    return inner if isinstance(inner, Supervisor) else None
 
 
 @asynccontextmanager

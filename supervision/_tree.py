@@ -90,13 +90,19 @@ class SupervisorTree:
     children: tuple[ChildNode, ...]
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, ChildNode]]:
-        """Every child below this supervisor with its path (``"<name>/<child>/<grandchild>"``)."""
-        base = f"{prefix}{self.name}"
+        """Every child below this supervisor, depth first in start order, with its path.
+
+        A path is this supervisor's name, then child ids down the tree
+        (``"<name>/<child>/<grandchild>"``): what :meth:`Supervisor.crash_child` takes.
+        """
+        yield from self._walk(f"{prefix}{self.name}")
+
+    def _walk(self, base: str) -> Iterator[tuple[str, ChildNode]]:
         for child in self.children:
             path = f"{base}/{child.id}"
             yield path, child
             if child.supervisor is not None:
-                yield from child.supervisor.walk(prefix=f"{base}/")
+                yield from child.supervisor._walk(path)
 
     def find(self, path: str) -> ChildNode | None:
         """The child at ``path`` as produced by :meth:`walk`, or None."""

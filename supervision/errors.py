@@ -6,6 +6,9 @@ Two families:
   child that raises :class:`Shutdown` ends with OTP's ``shutdown`` reason, which is not abnormal:
   a TRANSIENT child that ends this way is not restarted. A supervisor that gives up raises
   :class:`RestartIntensityExceeded` (unwrapped, never inside an ExceptionGroup).
+* :class:`Crashed` is the exit reason of a child crashed on request
+  (:meth:`Supervisor.crash_child`, fault injection): abnormal, so its supervisor applies its
+  restart policy as for any crash.
 * :class:`SupervisionError` and its subclasses are raised to the *caller* of a supervisor or
   actor API when the request cannot be carried out (the caller's fault or a dead peer); they
   never crash the supervisor itself.
@@ -22,7 +25,9 @@ __all__ = [
     "AlreadyStarted",
     "CallTimeout",
     "ChildNotFound",
+    "ChildNotRunning",
     "ChildRunning",
+    "Crashed",
     "MailboxFull",
     "RestartIntensityExceeded",
     "Shutdown",
@@ -42,6 +47,19 @@ class Shutdown(Exception):
 
     def __init__(self, reason: str = "shutdown") -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class Crashed(Exception):
+    """The exit reason of a child crashed on request (fault injection): an abnormal exit.
+
+    Attributes:
+        child_id: the crashed child; reason: the text given with the request.
+    """
+
+    def __init__(self, child_id: str, reason: str = "crashed on request") -> None:
+        super().__init__(f"child {child_id!r}: {reason}")
+        self.child_id = child_id
         self.reason = reason
 
 
@@ -105,6 +123,15 @@ class ChildNotFound(SupervisionError, LookupError):
     def __init__(self, child_id: object) -> None:
         super().__init__(f"no child {child_id!r}")
         self.child_id = child_id
+
+
+class ChildNotRunning(SupervisionError):
+    """``crash_child`` on a child that is not running (starting, restarting or stopped)."""
+
+    def __init__(self, child_id: str, state: str) -> None:
+        super().__init__(f"child {child_id!r} is {state}, not running")
+        self.child_id = child_id
+        self.state = state
 
 
 class ChildRunning(SupervisionError):
