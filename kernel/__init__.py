@@ -1,4 +1,4 @@
-"""The Linux data plane through pyroute2: network namespaces, KERNEL (veth) wires, liveness pings.
+"""The Linux data plane through pyroute2: namespaces, KERNEL (veth) and VXLAN wires, liveness pings.
 
 Map:
 
