@@ -7,6 +7,11 @@ against a baseline measured in the same process and run (an actor call against a
 trip, say), because absolute times swing with the machine, its load and the Python build while the
 ratios stay comparable from one machine to another; so those ratios are what to compare across runs.
 
+A benchmark may name its headline figures in ``targets`` (figure -> target) and say in
+``meets_targets`` (figure -> bool) which it met; a target is a ceiling unless the figure is listed
+in ``targets_at_least`` (a floor, e.g. a throughput ratio). ``bench/dataplane.py`` needs root
+(namespaces, veth pairs) and iperf3; without root it reports ``{"skipped": ...}``.
+
 ``bench/results.json`` maps each script's stem to its object. A script that exits non-zero, times
 out or prints no JSON object is recorded as ``{"error": "..."}``, and this script then exits 1 once
 all the others have run.
@@ -94,11 +99,13 @@ def summarise(name: str, result: dict[str, Any], ok: bool, seconds: float) -> st
     line = f"{name}: ok ({seconds:.1f} s)"
     targets = result.get("targets")
     meets = result.get("meets_targets")
+    floors = result.get("targets_at_least", [])
     if isinstance(targets, dict) and isinstance(meets, dict):
         marks = []
         for key, target in targets.items():
             verdict = "met" if meets.get(key) else "MISSED"
-            marks.append(f"{key}={result.get(key)} (target {target}, {verdict})")
+            bound = ">=" if key in floors else "<="
+            marks.append(f"{key}={result.get(key)} (target {bound} {target}, {verdict})")
         line += "\n  " + "\n  ".join(marks)
     return line
 

@@ -1,0 +1,379 @@
+"""Data-plane benchmark: KERNEL (veth) wires on one node, made by the mesh in real namespaces.
+
+Prints one JSON object (last line of stdout); progress goes to stderr. Needs root (namespaces,
+veth pairs) and iperf3. Every role runs in this process (``open_mesh(kernel=True)``, no-copy
+inproc carriers); only the interfaces live in namespaces the mesh makes and deletes. Addresses
+come from 169.254.0.0/16 only.
+
+One function per figure; :func:`main` collects them:
+
+* ``kernel_request_p50_ms`` (target <= 80) and ``kernel_request_p99_ms``: a new local KERNEL
+  connection, from the Request until an ICMP echo through the new wire (client namespace ->
+  endpoint namespace) has been answered; sequential, each closed before the next.
+* ``veth_throughput_ratio`` (target >= 0.9): iperf3 TCP from the NSC's namespace to a server in
+  the NSE's namespace over a mesh wire, divided by the same over a plain veth pair made by hand in
+  two fresh namespaces; the median of ``--runs`` runs of ``--seconds`` each (after a 1 s warm-up
+  run of each), the two kinds interleaved so both see the same load. ``veth_mesh_gbps`` and
+  ``veth_plain_gbps`` with it.
+* ``kernel_connections_500_setup_s`` and ``kernel_connections_500_teardown_s``: ``--connections``
+  (500) KERNEL connections requested at once, until every Request has returned (each wire made:
+  the forwarder answers only then), then closed at once, until every Close has returned and every
+  client interface is gone (null if some are still there ``LEFTOVER_WAIT`` later;
+  ``..._closes_returned_s``, ``..._interfaces_left_at_close`` and
+  ``..._interfaces_never_removed`` tell them apart). The clients' interfaces are ``nsm-<i>``
+  spread over a few client namespaces (``--per-namespace`` each), the endpoint's in one
+  namespace; no liveness checks (``kernel_connections_layout`` says what ran).
+* ``request_p50_ms_during_teardown`` (target <= 3 x ``kernel_request_p50_ms``): the first figure's
+  measure for a new request started every ``SAMPLE_INTERVAL`` while those connections tear down
+  (until every Close has returned and no interface has gone for ``STILL``;
+  ``request_samples_during_teardown``); their own Closes are not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from trionsm.actors.client import ClientConnection
+from trionsm.kernel import ping
+from trionsm.scenario import Mesh, open_mesh
+
+TARGETS = {
+    "kernel_request_p50_ms": 80.0,
+    "veth_throughput_ratio": 0.9,
+}
+AT_LEAST = {"veth_throughput_ratio"}
+"""Figures whose target is a floor (the others are ceilings)."""
+SERVICE = "bench"
+POOL = "169.254.0.0/16"
+PLAIN = ("169.254.250.1", "169.254.250.2")  # the hand-made veth pair's addresses (/30)
+SAMPLE_INTERVAL = 0.1
+"""Seconds between new requests while the connections tear down."""
+LEFTOVER_WAIT = 30.0
+"""Seconds to wait, once every Close has returned, for the interfaces still there to go."""
+STILL = 1.0
+"""Seconds without a removal after which the teardown counts as over for the samples."""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def netns_name(url: str) -> str:
+    return url.removeprefix("file:///run/netns/")
+
+
+def destination(conn: ClientConnection) -> str:
+    """The endpoint's address on the connection's wire."""
+    assert conn.connection is not None
+    assert conn.connection.context is not None
+    assert conn.connection.context.ip_context is not None
+    return str(conn.connection.context.ip_context.dst_ip_addrs[0]).split("/")[0]
+
+
+async def request_until_ping(mesh: Mesh, netns: str, interface: str = "nsm-1") -> float:
+    """Milliseconds from a new KERNEL Request until a ping through its wire is answered (the
+    connection is closed afterwards, outside the measure)."""
+    began = time.perf_counter()
+    async with mesh.connect(
+        f"kernel://{SERVICE}/{interface}", netns=netns, liveness=False, request_timeout=60
+    ) as conn:
+        target = destination(conn)
+        while not await ping(netns, target, timeout=0.2, netlink=mesh.netlink):
+            pass
+        return (time.perf_counter() - began) * 1000
+
+
+# -- figures ---------------------------------------------------------------------------------------
+
+
+async def kernel_request(mesh: Mesh, requests: int) -> dict[str, Any]:
+    """``kernel_request_p50_ms`` / ``_p99_ms``: sequential local KERNEL Requests until a ping."""
+    client = await mesh.add_netns("tnsm-bc-")
+    await request_until_ping(mesh, client)  # warm up: handle threads, caches
+    samples = [await request_until_ping(mesh, client) for _ in range(requests)]
+    return {
+        "kernel_request_p50_ms": round(statistics.median(samples), 2),
+        "kernel_request_p99_ms": round(quantile(samples, 0.99), 2),
+        "kernel_request_samples": len(samples),
+    }
+
+
+async def veth_throughput(mesh: Mesh, nse_netns: str, runs: int, seconds: float) -> dict[str, Any]:
+    """``veth_throughput_ratio``: iperf3 over a mesh wire against a hand-made veth pair."""
+    client = await mesh.add_netns("tnsm-bt-")
+    left, right = await mesh.add_netns("tnsm-bp-"), await mesh.add_netns("tnsm-bp-")
+    await plain_veth(left, right)
+    mesh_bps, plain_bps = [], []
+    async with mesh.connect(f"kernel://{SERVICE}/nsm-1", netns=client, liveness=False) as conn:
+        target = destination(conn)
+        await iperf(client, nse_netns, target, 1)  # warm-up runs, not counted: the first run
+        await iperf(left, right, PLAIN[1], 1)  # of a session is the slowest, whatever its path
+        for run in range(runs):  # interleaved, and each kind first every other run
+            for kind in ("mesh", "plain") if run % 2 == 0 else ("plain", "mesh"):
+                if kind == "mesh":
+                    mesh_bps.append(await iperf(client, nse_netns, target, seconds))
+                else:
+                    plain_bps.append(await iperf(left, right, PLAIN[1], seconds))
+            log(f"iperf3 run {run + 1}: mesh {mesh_bps[-1] / 1e9:.2f} Gbit/s, plain "
+                f"{plain_bps[-1] / 1e9:.2f} Gbit/s")  # fmt: skip
+    mesh_median, plain_median = statistics.median(mesh_bps), statistics.median(plain_bps)
+    return {
+        "veth_throughput_ratio": round(mesh_median / plain_median, 3),
+        "veth_mesh_gbps": round(mesh_median / 1e9, 2),
+        "veth_plain_gbps": round(plain_median / 1e9, 2),
+        "veth_runs": runs,
+        "veth_run_seconds": seconds,
+    }
+
+
+async def kernel_connections(
+    mesh: Mesh, count: int, per_namespace: int, baseline_p50_ms: float
+) -> dict[str, Any]:
+    """``kernel_connections_<N>_setup_s`` / ``_teardown_s`` and, while those tear down,
+    ``request_p50_ms_during_teardown``."""
+    namespaces = [await mesh.add_netns("tnsm-bm-") for _ in range(math.ceil(count / per_namespace))]
+    probe = await mesh.add_netns("tnsm-bq-")
+    await request_until_ping(mesh, probe)  # the probe namespace's handle threads are warm
+    opened = 0
+    all_open, release, torn_down = trio.Event(), trio.Event(), trio.Event()
+    failures: list[BaseException] = []
+    samples: list[float] = []
+
+    async def hold(index: int) -> None:
+        nonlocal opened
+        netns = namespaces[index // per_namespace]
+        url = f"kernel://{SERVICE}/nsm-{index % per_namespace}"
+        try:
+            async with mesh.connect(url, netns=netns, liveness=False, request_timeout=300):
+                opened += 1
+                if opened == count:
+                    all_open.set()
+                await release.wait()
+        except Exception as exc:  # reported below; the others go on
+            failures.append(exc)
+            all_open.set()
+
+    async def sample(index: int) -> None:
+        samples.append(await request_until_ping(mesh, probe, f"nsm-p{index}"))
+
+    async def sample_requests() -> None:
+        """A new request every SAMPLE_INTERVAL until the teardown is over (at least one),
+        each on its own (its Close, queued behind the teardown, is not measured)."""
+        async with trio.open_nursery() as samplers:
+            index = 0
+            while index == 0 or not torn_down.is_set():
+                samplers.start_soon(sample, index)
+                index += 1
+                await trio.sleep(SAMPLE_INTERVAL)
+
+    async with trio.open_nursery() as nursery:
+        began = time.perf_counter()
+        async with trio.open_nursery() as holders:
+            for index in range(count):
+                holders.start_soon(hold, index)
+            await all_open.wait()
+            if failures:
+                raise RuntimeError(f"{len(failures)} connections failed: {failures[0]!r}")
+            setup = time.perf_counter() - began
+            log(f"{count} KERNEL connections up in {setup:.2f} s")
+            wires = await count_links(namespaces)
+            began = time.perf_counter()
+            release.set()
+            nursery.start_soon(sample_requests)
+        closed = time.perf_counter() - began
+        left_at_close = left = await count_links(namespaces)
+        with trio.move_on_after(LEFTOVER_WAIT):
+            while left:
+                await trio.sleep(STILL)
+                before, left = left, await count_links(namespaces)
+                if left == before:
+                    torn_down.set()  # nothing is being removed now: no more samples
+        teardown = time.perf_counter() - began
+        torn_down.set()
+    log(
+        f"... Closes returned in {closed:.2f} s ({left_at_close} interfaces left then, {left} "
+        f"after {teardown:.2f} s); {len(samples)} requests meanwhile"
+    )
+    if wires != count:
+        raise RuntimeError(f"{wires} client interfaces after setup, expected {count}")
+    during = statistics.median(samples)
+    return {
+        f"kernel_connections_{count}_setup_s": round(setup, 2),
+        f"kernel_connections_{count}_teardown_s": round(teardown, 2) if left == 0 else None,
+        f"kernel_connections_{count}_closes_returned_s": round(closed, 2),
+        f"kernel_connections_{count}_interfaces_left_at_close": left_at_close,
+        f"kernel_connections_{count}_interfaces_never_removed": left,
+        "kernel_connections_layout": (
+            f"{count} connections, interfaces nsm-0..nsm-{min(count, per_namespace) - 1} in "
+            f"{len(namespaces)} client namespaces, one endpoint namespace, no liveness checks"
+        ),
+        "request_p50_ms_during_teardown": round(during, 2),
+        "request_p99_ms_during_teardown": round(quantile(samples, 0.99), 2),
+        "request_samples_during_teardown": len(samples),
+        "request_during_teardown_ratio": round(during / baseline_p50_ms, 2),
+    }
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+async def plain_veth(left: str, right: str) -> None:
+    """A veth pair between namespaces ``left`` and ``right`` with PLAIN's addresses, up."""
+    a, b = netns_name(left), netns_name(right)
+    await trio.run_process(
+        ["ip", "-n", a, "link", "add", "vp", "type", "veth", "peer", "name", "vp", "netns", b]
+    )
+    for name, address in ((a, PLAIN[0]), (b, PLAIN[1])):
+        await trio.run_process(["ip", "-n", name, "addr", "add", f"{address}/30", "dev", "vp"])
+        await trio.run_process(["ip", "-n", name, "link", "set", "vp", "up"])
+        await trio.run_process(["ip", "-n", name, "link", "set", "lo", "up"])
+
+
+async def iperf(client: str, server: str, address: str, seconds: float) -> float:
+    """Bits per second received in one iperf3 TCP run from ``client`` to a one-off server in
+    ``server`` bound to ``address`` (the server is reaped by its PID)."""
+    listening = trio.Event()
+    process = await trio.lowlevel.open_process(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns_name(server),
+            "iperf3",
+            "-s",
+            "-1",
+            "--forceflush",
+            "-B",
+            address,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+
+    async def drain() -> None:  # read all it prints, so it never blocks on a full pipe
+        assert process.stdout is not None
+        seen = b""
+        async with process.stdout:
+            while chunk := await process.stdout.receive_some():
+                seen = (seen + chunk)[-4096:]
+                if b"listening" in seen:
+                    listening.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.fail_after(10):
+                await listening.wait()
+            command = ["iperf3", "-c", address, "-t", f"{seconds:g}", "-J"]
+            done = await trio.run_process(
+                ["ip", "netns", "exec", netns_name(client), *command], capture_stdout=True
+            )
+            with trio.fail_after(10):
+                await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+    report = json.loads(done.stdout)
+    return float(report["end"]["sum_received"]["bits_per_second"])
+
+
+async def count_links(namespaces: list[str]) -> int:
+    """Interfaces other than ``lo`` in ``namespaces`` (``ip -j link``)."""
+    total = 0
+    for url in namespaces:
+        done = await trio.run_process(
+            ["ip", "-j", "-n", netns_name(url), "link", "show"], capture_stdout=True
+        )
+        total += sum(link["ifname"] != "lo" for link in json.loads(done.stdout))
+    return total
+
+
+async def timed(what: str, figure: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    began = time.perf_counter()
+    result = await figure()
+    log(f"{what} ({time.perf_counter() - began:.1f} s): {result}")
+    return result
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with open_mesh(kernel=True, roundtrip_bytes=False) as mesh:
+        nse_netns = await mesh.add_netns("tnsm-be-")
+        await mesh.register_service(SERVICE)
+        await mesh.add_endpoint("nse-1", SERVICE, cidr=POOL, netns=nse_netns)
+        results.update(await timed("kernel request", lambda: kernel_request(mesh, args.requests)))
+        results.update(
+            await timed(
+                "veth throughput",
+                lambda: veth_throughput(mesh, nse_netns, args.runs, args.seconds),
+            )
+        )
+        results.update(
+            await timed(
+                f"{args.connections} connections",
+                lambda: kernel_connections(
+                    mesh, args.connections, args.per_namespace, results["kernel_request_p50_ms"]
+                ),
+            )
+        )
+    targets = dict(TARGETS)
+    targets["request_p50_ms_during_teardown"] = round(3 * results["kernel_request_p50_ms"], 2)
+    results["targets"] = targets
+    results["targets_at_least"] = sorted(AT_LEAST)
+    results["meets_targets"] = {
+        key: (results[key] >= target if key in AT_LEAST else results[key] <= target)
+        for key, target in targets.items()
+        if key in results
+    }
+    return results
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100, help="KERNEL requests timed")
+    parser.add_argument("--runs", type=int, default=3, help="iperf3 runs of each kind")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per iperf3 run")
+    parser.add_argument("--connections", type=int, default=500, help="concurrent connections")
+    parser.add_argument(
+        "--per-namespace", type=int, default=50, help="client interfaces per namespace"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: 10 requests, 1 iperf3 run of 2 s, 50 connections",
+    )
+    args = parser.parse_args()
+    if args.quick:
+        args.requests, args.runs, args.seconds = 10, 1, 2.0
+        args.connections = min(args.connections, 50)
+    return args
+
+
+if __name__ == "__main__":
+    arguments = parse_args()
+    if os.geteuid() != 0:
+        print(json.dumps({"skipped": "needs root (network namespaces and veth pairs)"}))
+    else:
+        print(json.dumps(trio.run(main, arguments)))
