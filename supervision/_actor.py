@@ -6,6 +6,12 @@ restart), opens the actor's nursery for its background tasks, runs ``init()``, b
 :class:`ActorRef` to a fresh mailbox, calls ``task_status.started(ref)`` and then handles messages
 one at a time, in arrival order.
 
+Deadline (OTP's gen_server ``timeout``). An actor may set :meth:`Actor.set_deadline`: the wait for
+its next message then runs in a cancel scope with that deadline, and when it passes with no message
+waiting, ``on_deadline()`` runs in the actor's task, as a message would (a message already queued
+goes first). No task waits for the deadline but the actor's own, so an idle actor costs its task,
+its mailbox and its state, nothing more.
+
 An :class:`ActorRef` outlives incarnations: every incarnation of one supervised child binds the same
 ref (or the one given as ``actor_spec(..., ref=ref)``), so callers keep one handle across restarts.
 A call in flight when an incarnation dies, or queued in its mailbox, fails with
@@ -20,6 +26,7 @@ caller and the actor keeps running (OTP's "errors as values"). Any other excepti
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar
@@ -57,16 +64,86 @@ class _Pending:
 
 
 class _Mailbox:
-    """The mailbox of one incarnation."""
+    """The mailbox of one incarnation: a bounded queue with one reader (the actor's task).
 
-    __slots__ = ("pending", "send", "size")
+    Lighter than a Trio memory channel (a list, and a parking lot only once a sender had to
+    wait), since a node holds one per connection. ``put`` waits for room; ``close`` fails the
+    waiting senders and lets the reader drain what is queued.
+    """
 
-    def __init__(
-        self, send: trio.MemorySendChannel[tuple[Any, _Pending | None]], size: int
-    ) -> None:
-        self.send = send
+    __slots__ = ("closed", "items", "pending", "reader", "senders", "size")
+
+    def __init__(self, size: int) -> None:
         self.size = size
+        self.items: list[tuple[Any, _Pending | None]] = []
         self.pending: _Pending | None = None  # the call being handled right now
+        self.reader: trio.lowlevel.Task | None = None  # the actor's task, waiting for a message
+        self.senders: trio.lowlevel.ParkingLot | None = None
+        self.closed = False
+
+    def _has_room(self) -> bool:
+        return len(self.items) < self.size or (self.reader is not None and not self.items)
+
+    def put_nowait(self, item: tuple[Any, _Pending | None]) -> None:
+        """Queue ``item`` (trio.WouldBlock when full, trio.ClosedResourceError once closed)."""
+        if self.closed:
+            raise trio.ClosedResourceError
+        if not self._has_room():
+            raise trio.WouldBlock
+        self.items.append(item)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            trio.lowlevel.reschedule(reader)
+
+    async def put(self, item: tuple[Any, _Pending | None]) -> None:
+        """Queue ``item``, waiting for room (trio.ClosedResourceError once closed)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                self.put_nowait(item)
+            except trio.WouldBlock:
+                if self.senders is None:
+                    self.senders = trio.lowlevel.ParkingLot()
+                await self.senders.park()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+
+    async def get(self) -> tuple[Any, _Pending | None]:
+        """The next item, waiting for one (trio.EndOfChannel once closed and drained)."""
+        if not self.items:
+            if self.closed:
+                raise trio.EndOfChannel
+            self.reader = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                self.reader = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            if not self.items:
+                raise trio.EndOfChannel  # woken by close()
+        else:
+            await trio.lowlevel.checkpoint()
+        return self.get_nowait()
+
+    def get_nowait(self) -> tuple[Any, _Pending | None]:
+        """The next item (trio.WouldBlock when none is queued)."""
+        if not self.items:
+            raise trio.WouldBlock
+        item = self.items.pop(0)
+        if self.senders is not None:
+            self.senders.unpark()
+        return item
+
+    def close(self) -> None:
+        """Take no more items; wake the reader and every waiting sender."""
+        self.closed = True
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            trio.lowlevel.reschedule(reader)
+        if self.senders is not None:
+            self.senders.unpark_all()
 
 
 class ActorRef:
@@ -108,8 +185,8 @@ class ActorRef:
         pending = _Pending()
         with trio.move_on_after(timeout) as scope:
             try:
-                await mailbox.send.send((message, pending))
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                await mailbox.put((message, pending))
+            except trio.ClosedResourceError:
                 raise ActorStopped(self.name) from None
             await pending.event.wait()
         if scope.cancelled_caught:
@@ -130,10 +207,10 @@ class ActorRef:
         if mailbox is None:
             return
         try:
-            mailbox.send.send_nowait((message, None))
+            mailbox.put_nowait((message, None))
         except trio.WouldBlock:
             raise MailboxFull(self.name, mailbox.size) from None
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+        except trio.ClosedResourceError:
             return
 
 
@@ -177,6 +254,28 @@ class Actor:
         """Handle one message; the return value is the reply to a ``call`` (ignored for a cast)."""
         raise NotImplementedError(f"{type(self).__name__} must define handle()")
 
+    async def on_deadline(self) -> None:
+        """Runs when the deadline set by :meth:`set_deadline` passed and no message is waiting.
+
+        It runs in the actor's task like a message (``stop()`` works here); the deadline is
+        cleared before it runs, so set a new one here to wait again. The default does nothing.
+        """
+
+    def set_deadline(self, deadline: float) -> None:
+        """Call :meth:`on_deadline` at ``deadline`` (``trio.current_time()`` units; inf: never).
+
+        Moves the deadline of the actor's wait for messages: no task of its own.
+        """
+        self._deadline = deadline
+        scope = self._waiting
+        if scope is not None:
+            scope.deadline = deadline
+
+    @property
+    def deadline(self) -> float:
+        """When :meth:`on_deadline` runs next (inf: never)."""
+        return self._deadline
+
     async def terminate(self, reason: BaseException | None) -> None:
         """Clean up when the incarnation ends, for any reason.
 
@@ -193,32 +292,55 @@ class Actor:
 
     _stopping = False
     _handling = False
+    _deadline = math.inf
+    _waiting: trio.CancelScope | None = None  # the wait for a message, while it has a deadline
 
 
-async def _handle_loop(
-    actor: Actor,
-    mailbox: _Mailbox,
-    receive: trio.MemoryReceiveChannel[tuple[Any, _Pending | None]],
-) -> None:
+async def _next(actor: Actor, mailbox: _Mailbox) -> tuple[Any, _Pending | None] | None:
+    """The next message, or None when the actor's deadline passed first (queued messages win)."""
+    deadline = actor._deadline
+    if deadline == math.inf:
+        return await mailbox.get()
+    if deadline > trio.current_time():
+        with trio.CancelScope(deadline=deadline) as scope:
+            actor._waiting = scope
+            try:
+                return await mailbox.get()
+            finally:
+                actor._waiting = None
+        if trio.current_time() < actor._deadline:
+            return await _next(actor, mailbox)  # moved while we waited (from another task)
+    try:
+        return mailbox.get_nowait()
+    except trio.WouldBlock:
+        return None
+
+
+async def _handle_loop(actor: Actor, mailbox: _Mailbox) -> None:
     """Handle messages one at a time until the actor stops itself or crashes."""
     expected = actor.expected_errors
-    while True:  # not `async for`: one coroutine less per idle actor
+    while True:
         try:
-            message, pending = await receive.receive()
+            item = await _next(actor, mailbox)
         except trio.EndOfChannel:
             return
-        mailbox.pending = pending
         actor._handling = True
-        try:
-            result = await actor.handle(message)
-        except expected as exc:
-            if pending is not None:
-                pending.resolve(error=exc)
+        if item is None:
+            actor._deadline = math.inf
+            await actor.on_deadline()
         else:
-            if pending is not None:
-                pending.resolve(result)
+            message, pending = item
+            mailbox.pending = pending
+            try:
+                result = await actor.handle(message)
+            except expected as exc:
+                if pending is not None:
+                    pending.resolve(error=exc)
+            else:
+                if pending is not None:
+                    pending.resolve(result)
+            mailbox.pending = None
         actor._handling = False
-        mailbox.pending = None
         if actor._stopping:
             actor._nursery.cancel_scope.cancel()
             return
@@ -247,9 +369,7 @@ async def serve_actor(
             child_id, slot = claimed
             ref = slot.setdefault("actor_ref", ActorRef(child_id))
     actor._ref = ref
-    size = actor.mailbox_size
-    send, receive = trio.open_memory_channel[tuple[Any, _Pending | None]](size)
-    mailbox = _Mailbox(send, size)
+    mailbox = _Mailbox(actor.mailbox_size)
     reason: BaseException | None = None
     try:
         try:
@@ -258,7 +378,7 @@ async def serve_actor(
                 await actor.init()
                 ref._mailbox = mailbox
                 task_status.started(ref)
-                await _handle_loop(actor, mailbox, receive)
+                await _handle_loop(actor, mailbox)
         except BaseExceptionGroup as group:
             # The nursery wraps even the body's own error: unwrap a lone one for a readable reason.
             lone = lone_exception(group)
@@ -275,29 +395,20 @@ async def serve_actor(
     finally:
         if ref._mailbox is mailbox:
             ref._mailbox = None
-        _fail_pending(ref.name, mailbox, receive, reason)
+        _fail_pending(ref.name, mailbox, reason)
         with cleanup_scope():
             await actor.terminate(reason)
 
 
-def _fail_pending(
-    name: str,
-    mailbox: _Mailbox,
-    receive: trio.MemoryReceiveChannel[tuple[Any, _Pending | None]],
-    reason: BaseException | None,
-) -> None:
+def _fail_pending(name: str, mailbox: _Mailbox, reason: BaseException | None) -> None:
     """Answer ActorStopped to the call being handled and to every call still queued."""
     if mailbox.pending is not None:
         mailbox.pending.resolve(error=ActorStopped(name, reason))
-    mailbox.send.close()
-    while True:
-        try:
-            _message, pending = receive.receive_nowait()
-        except (trio.WouldBlock, trio.EndOfChannel):
-            break
+    mailbox.close()
+    for _message, pending in mailbox.items:
         if pending is not None:
             pending.resolve(error=ActorStopped(name, reason))
-    receive.close()
+    mailbox.items.clear()
 
 
 def actor_spec(

@@ -292,3 +292,66 @@ async def test_serve_actor_runs_without_a_supervisor() -> None:
         assert await ref.call(Add(5)) == 5
         nursery.cancel_scope.cancel()
     assert not ref.alive
+
+
+class Lease(Actor):
+    """Expires at its deadline unless renewed (OTP's gen_server timeout)."""
+
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    async def handle(self, message: Any) -> Any:
+        if isinstance(message, Slow):  # renew: the deadline moves ``seconds`` from now
+            self.set_deadline(trio.current_time() + message.seconds)
+            self.log.append(("renewed", trio.current_time()))
+            return self.deadline
+        if isinstance(message, Add):  # busy, past the deadline: queued messages still go first
+            await trio.sleep(message.amount)
+            self.log.append(("busy", trio.current_time()))
+            return None
+        raise RuntimeError(f"cannot handle {message!r}")
+
+    async def on_deadline(self) -> None:
+        self.log.append(("expired", trio.current_time()))
+        self.stop()
+
+
+async def run_lease(log: list[Any], script: Callable[[ActorRef], Any]) -> float:
+    """Run a Lease actor, drive it with ``script(ref)`` until it stops; the start time."""
+    ref = ActorRef("lease")
+    async with open_supervisor(
+        [actor_spec("lease", Lease, log, ref=ref, restart=Restart.TEMPORARY)]
+    ):
+        start = trio.current_time()
+        await script(ref)
+        await wait_until(lambda: not ref.alive)
+    return start
+
+
+async def test_the_deadline_runs_on_deadline_in_the_actor_and_moves_with_each_renewal(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log: list[Any] = []
+
+    async def script(ref: ActorRef) -> None:
+        assert await ref.call(Slow(10.0)) == trio.current_time() + 10.0
+        await trio.sleep(5.0)
+        await ref.call(Slow(10.0))  # renewed at +5: expires at +15
+
+    start = await run_lease(log, script)
+    assert log[-1] == ("expired", start + 15.0)
+
+
+async def test_a_message_queued_before_the_deadline_goes_first(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    log: list[Any] = []
+
+    async def script(ref: ActorRef) -> None:
+        await ref.call(Slow(1.0))
+        ref.cast(Add(5))  # busy past the deadline...
+        ref.cast(Slow(10.0))  # ...with a renewal queued behind it: not expired
+
+    start = await run_lease(log, script)
+    assert [entry[0] for entry in log] == ["renewed", "busy", "renewed", "expired"]
+    assert log[-1] == ("expired", start + 15.0)
