@@ -14,9 +14,11 @@ the connection returned for it:
   the reply goes back with this hop's id and index, ``UP``, and to this hop's monitor
   subscribers, and :meth:`ServerHop.established` starts the role's per-connection watches. A
   first Request (or a reselect) that fails leaves nothing behind.
-* **Expiry**: the actor's expiry scope has the deadline ``previous segment expiry - request
-  timeout``; each Request moves it; when it passes, the connection is closed downstream, as if
-  the previous hop had sent Close (NSM's ``timeout``), so a client that vanished leaves nothing.
+* **Expiry**: the actor's deadline (:meth:`Actor.set_deadline`: the cancel-scope deadline of
+  its wait for messages) is ``previous segment expiry - request timeout``; each Request moves it;
+  when it passes with no message waiting (a refresh already queued goes first), the connection
+  is closed downstream, as if the previous hop had sent Close (NSM's ``timeout``), so a client
+  that vanished leaves nothing.
 * **Next hop lost**: the role watches the next hop's monitor (one stream per peer); a broken
   stream or a downstream DOWN/DELETE turns this connection ``DOWN`` for its own subscribers, so
   the NSC heals; a later ``UP`` downstream restores ``UP``. Events reach the actor through a
@@ -28,6 +30,9 @@ the connection returned for it:
   broken stream, or a next hop that does not answer, counts at once.
 * **Close** (or expiry, or :meth:`ServerConnection.revoke` by the role): best-effort Close
   downstream, release what the hop holds, DELETE to the subscribers, and the actor stops.
+
+An idle connection is its actor's task, mailbox and state, and one registration at the next
+hop's monitor: no task waits for its expiry or its next hop (a node holds thousands).
 
 Every hop counts the Requests and Closes its actors carried out (:class:`HopCounts`) and may
 carry a fault-injection hook (:attr:`ServerHop.before_request`), as NSM's sandbox does with its
@@ -67,7 +72,7 @@ from ._count import HopCounts
 from ._locks import KeyedLock
 from ._monitor import MonitorHub
 from ._path import restore_hop, server_deadline, update_path, update_token
-from ._peers import PeerEvent, Peers
+from ._peers import PeerEvent, Peers, PeerWatch
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -109,11 +114,6 @@ class _Close:
 
 
 @attrs.frozen
-class _Expire:
-    pass
-
-
-@attrs.frozen
 class _Revoke:
     reason: str
 
@@ -142,43 +142,24 @@ class ServerConnection(Actor):
         self.hop = hop
         self.id = connection_id
         self.index = 0
-        self.request: NetworkServiceRequest | None = None
         self.connection: Connection | None = None
         self.next: NextHop | None = None
         self.state: dict[str, Any] = {}  # the role's own per-connection state
-        self.deadline = math.inf
         self.call_deadline = math.inf  # the current Request's deadline (for calls downstream)
-        self._expiry: trio.CancelScope | None = None
-        self._watch: trio.CancelScope | None = None
-        self._events: collections.deque[tuple[trio.CancelScope, PeerEvent]] = collections.deque(
-            maxlen=MAX_QUEUED_EVENTS
-        )
+        self._watch: PeerWatch | None = None
+        self._events: collections.deque[tuple[PeerWatch, PeerEvent]] | None = None
         self._nudged = False
 
-    async def init(self) -> None:
-        self.nursery.start_soon(self._expire_at_deadline)
-
-    async def _expire_at_deadline(self) -> None:
-        while True:
-            with trio.CancelScope(deadline=self.deadline) as scope:
-                self._expiry = scope
-                await trio.sleep_forever()
-            if trio.current_time() >= self.deadline:
-                await self.ref.call(_Expire(), timeout=math.inf)  # waits out a full mailbox
-                # Still here: a refresh queued ahead of the expiry moved the deadline.
-
-    def _move_deadline(self, deadline: float) -> None:
-        self.deadline = deadline
-        if self._expiry is not None:
-            self._expiry.deadline = deadline
+    async def on_deadline(self) -> None:
+        """The connection expired: close it downstream, as if the previous hop had (NSM's
+        ``timeout``)."""
+        await self._close()
 
     async def handle(self, message: Any) -> Any:
         try:
             if isinstance(message, _Request):
                 return await self._request(message)
-            if isinstance(message, _Expire) and trio.current_time() < self.deadline:
-                return None  # a refresh queued ahead of it moved the deadline: not expired
-            if isinstance(message, _Close | _Expire | _Revoke):
+            if isinstance(message, _Close | _Revoke):
                 await self._close()
                 return Empty()
             if isinstance(message, _Downstream):
@@ -221,12 +202,11 @@ class ServerConnection(Actor):
             raise
         reply = restore_hop(reply, self.index, self.id)
         reply = dataclasses.replace(reply, state=State.UP)
-        self.request = request
         self.connection = reply
         clock = self.hop.clock
-        self._move_deadline(server_deadline(reply.path, self.index, message.timeout, clock=clock))
+        self.set_deadline(server_deadline(reply.path, self.index, message.timeout, clock=clock))
         self.hop.hub.update(reply)
-        self.hop.established(self)
+        self.hop.established(self, request)
         return reply
 
     def remaining(self) -> float:
@@ -238,28 +218,26 @@ class ServerConnection(Actor):
         if next_hop == self.next and self._watch is not None:
             return
         if self._watch is not None:
-            self._watch.cancel()
+            self._watch.close()
             self._watch = None
         self.next = next_hop
         if next_hop is not None and self.hop.peers is not None:
-            scope = trio.CancelScope()
-            self._watch = scope
-            self.nursery.start_soon(self._watch_next, next_hop, scope)
+            self._watch = self.hop.peers.watch(
+                next_hop.url, next_hop.connection_id, self._on_peer_event
+            )
 
-    async def _watch_next(self, next_hop: NextHop, scope: trio.CancelScope) -> None:
-        assert self.hop.peers is not None
-        with scope:
-
-            def listener(event: PeerEvent) -> None:
-                self._events.append((scope, event))
-                if not self._nudged:
-                    self._nudged = True
-                    # A full mailbox holds messages whose handling drains the events anyway.
-                    with contextlib.suppress(MailboxFull):
-                        self.ref.cast(_Downstream())
-
-            with self.hop.peers.watch(next_hop.url, next_hop.connection_id, listener):
-                await trio.sleep_forever()
+    def _on_peer_event(self, event: PeerEvent) -> None:
+        """Queue a next-hop event (called by the peer's stream while our watch is open)."""
+        if self._watch is None:
+            return
+        if self._events is None:
+            self._events = collections.deque(maxlen=MAX_QUEUED_EVENTS)
+        self._events.append((self._watch, event))
+        if not self._nudged:
+            self._nudged = True
+            # A full mailbox holds messages whose handling drains the events anyway.
+            with contextlib.suppress(MailboxFull):
+                self.ref.cast(_Downstream())
 
     async def _downstream(self) -> None:
         """Apply the next hop's queued events to this connection's state (UP or DOWN).
@@ -267,11 +245,12 @@ class ServerConnection(Actor):
         Events of a watch we left are dropped. Of a batch, the last verdict counts; a DOWN
         that is not a broken stream is confirmed with the next hop first (module docstring).
         """
-        while self._events:
+        events = self._events
+        while events:
             verdict: State | None = None
             confirm = False
-            while self._events:
-                watch, event = self._events.popleft()
+            while events:
+                watch, event = events.popleft()
                 if self.connection is None or watch is not self._watch:
                     continue  # closed, or an event about a next hop we left
                 if event.lost:
@@ -312,6 +291,7 @@ class ServerConnection(Actor):
         self.stop()
 
     async def terminate(self, reason: BaseException | None) -> None:
+        self.follow(None)
         self.hop.forget_actor(self.id, self.ref)
         if self.connection is not None or self.hop.hub.get(self.id) is not None:
             self.hop.release(self)  # stopped by its supervisor, not closed
@@ -378,8 +358,9 @@ class ServerHop:
     def forget(self, actor: ServerConnection) -> None:
         """A reselect: drop sticky choices (the forwarder, the endpoint) for this connection."""
 
-    def established(self, actor: ServerConnection) -> None:
-        """A Request succeeded (``actor.connection`` is the reply): start per-connection watches."""
+    def established(self, actor: ServerConnection, request: NetworkServiceRequest) -> None:
+        """``request`` succeeded (``actor.connection`` is the reply): start per-connection
+        watches."""
 
     # -- NetworkService --------------------------------------------------------------------------
 

@@ -8,7 +8,8 @@ after a peer restarts; a call to a dead peer fails with Unavailable at once).
 Monitoring: instead of one MonitorConnections stream per connection (h2 caps streams per
 connection, and NSM users hit it), each peer gets ONE stream, scoped to connections whose path
 holds this role's segment name, and events are dispatched by the peer's connection id to the
-listener that registered it (:meth:`Peers.watch`). When the stream breaks, every listener of that
+listener that registered it (:meth:`Peers.watch`, a registration, not a task: a node holds one
+per connection). When the stream breaks, every listener of that
 peer is told (``lost``); the stream is re-opened with backoff while anyone listens, and the new
 INITIAL_STATE_TRANSFER tells each listener the peer's current state (absent: ``deleted``).
 :meth:`Peers.current` asks a peer for one connection's state now, with a short call of its own.
@@ -16,8 +17,7 @@ INITIAL_STATE_TRANSFER tells each listener the peer's current state (absent: ``d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -32,7 +32,7 @@ from trionsm.api.connection import (
 from trionsm.errors import TrionsmError, Unavailable
 from trionsm.transport import Client, open_client
 
-__all__ = ["PeerEvent", "Peers"]
+__all__ = ["PeerEvent", "PeerWatch", "Peers"]
 
 RETRY_MIN, RETRY_MAX = 0.1, 2.0
 
@@ -66,6 +66,31 @@ class _PeerMonitor:
         self.running = False
         self.stopping = False  # its last listener left: the stream is being closed
         self.scope: trio.CancelScope | None = None
+
+
+class PeerWatch:
+    """One listener's registration at a peer's monitor stream (:meth:`Peers.watch`)."""
+
+    __slots__ = ("_connection_id", "_listener", "_monitor", "closed")
+
+    def __init__(self, monitor: _PeerMonitor, connection_id: str, listener: Listener) -> None:
+        self._monitor = monitor
+        self._connection_id = connection_id
+        self._listener = listener
+        self.closed = False
+
+    def close(self) -> None:
+        """Stop listening (idempotent); the peer's stream closes with its last listener."""
+        if self.closed:
+            return
+        self.closed = True
+        monitor = self._monitor
+        if monitor.listeners.get(self._connection_id) is self._listener:
+            del monitor.listeners[self._connection_id]
+        if not monitor.listeners:  # nobody left to tell: close the peer's stream
+            monitor.stopping = True
+            if monitor.scope is not None:
+                monitor.scope.cancel()
 
 
 class Peers:
@@ -131,9 +156,9 @@ class Peers:
                 return event.connections.get(connection_id)
         raise Unavailable("the peer ended its monitor stream before its state", hop=self._name)
 
-    @contextmanager
-    def watch(self, url: str, connection_id: str, listener: Listener) -> Iterator[None]:
-        """Call ``listener`` with every event about ``connection_id`` at ``url`` in the block."""
+    def watch(self, url: str, connection_id: str, listener: Listener) -> PeerWatch:
+        """Call ``listener`` with every event about ``connection_id`` at ``url`` until the
+        returned watch is closed (a later watch of the same id at that peer replaces it)."""
         monitor = self._monitors.get(url)
         if monitor is None or monitor.stopping:
             monitor = self._monitors[url] = _PeerMonitor()
@@ -141,15 +166,7 @@ class Peers:
         if not monitor.running:
             monitor.running = True
             self._nursery.start_soon(self._monitor, url, monitor)
-        try:
-            yield
-        finally:
-            if monitor.listeners.get(connection_id) is listener:
-                del monitor.listeners[connection_id]
-            if not monitor.listeners:  # nobody left to tell: close the peer's stream
-                monitor.stopping = True
-                if monitor.scope is not None:
-                    monitor.scope.cancel()
+        return PeerWatch(monitor, connection_id, listener)
 
     async def _monitor(self, url: str, monitor: _PeerMonitor) -> None:
         selector = MonitorScopeSelector(path_segments=[PathSegment(name=self._name)])

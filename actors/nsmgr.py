@@ -19,8 +19,9 @@ a forwarder the registry still lists under this nsmgr, the Request waits up to
 forwarder: Unavailable naming the node. Registrations from this node's endpoints and forwarders
 go upstream under the nsmgr's public URL (NSM's ``localbypass``).
 
-After each successful Request the nsmgr watches the network service until the path's earliest
-expiry and closes the connection when its endpoint no longer matches (``_netsvcmonitor``).
+After each successful Request the nsmgr watches the network service while the connection lives
+here and closes the connection when its endpoint no longer matches (``_netsvcmonitor``: one
+watch per service in use, shared by its connections).
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ from ._connection import NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
 from ._mechanisms import is_local_url
-from ._netsvcmonitor import watch_network_service
-from ._path import min_expires
+from ._netsvcmonitor import NetworkServiceMonitor
 from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
 from ._select import all_failed_error, drop_expired, prefer_named, select_forwarders
 from .forwarder import FORWARDER_SERVICE
@@ -67,6 +67,7 @@ class Nsmgr(ServerHop):
         self.bypass: LocalBypass | None = None
         self.registry: Any = None  # the upstream registry client
         self.discovery = Discovery()  # cached look-ups through it
+        self.services: NetworkServiceMonitor | None = None  # netsvcmonitor, once serving
 
     async def _forwarders(
         self, connection: Connection, sticky: str | None, bound: float
@@ -129,34 +130,20 @@ class Nsmgr(ServerHop):
             connection.network_service, failures, hop=self.name, kind="forwarder"
         )
 
-    def established(self, actor: ServerConnection) -> None:
-        """Watch the network service until the path's earliest expiry (``netsvcmonitor``)."""
-        previous = actor.state.pop("netsvcmonitor", None)
-        if previous is not None:
-            previous.cancel()
-        connection, request = actor.connection, actor.request
-        if connection is None or request is None or request.connection is None:
+    def established(self, actor: ServerConnection, request: NetworkServiceRequest) -> None:
+        """Watch the network service while the connection lives here (``netsvcmonitor``)."""
+        connection = actor.connection
+        if self.services is None or connection is None or request.connection is None:
             return
-        if self.registry is None or not connection.network_service_endpoint_name:
+        if not connection.network_service_endpoint_name:
             return
-        expires = min_expires(connection.path)
-        deadline = self.clock.deadline(expires) if expires is not None else float("inf")
-        scope = trio.CancelScope(deadline=deadline)
-        actor.state["netsvcmonitor"] = scope
-        watch = partial(
-            watch_network_service,
-            self.registry,
+        self.services.subscribe(
+            actor.id,
             connection.network_service,
             connection.network_service_endpoint_name,
-            dict(request.connection.labels),
-            close=actor.revoke,
+            request.connection.labels,
+            actor.revoke,
         )
-
-        async def run() -> None:
-            with scope:
-                await watch()
-
-        actor.nursery.start_soon(run)
 
     async def close_downstream(self, actor: ServerConnection) -> None:
         if actor.next is not None and actor.connection is not None:
@@ -164,9 +151,12 @@ class Nsmgr(ServerHop):
 
     def forget(self, actor: ServerConnection) -> None:
         actor.state.pop("forwarder", None)
-        monitor = actor.state.pop("netsvcmonitor", None)
-        if monitor is not None:
-            monitor.cancel()
+        if self.services is not None:
+            self.services.unsubscribe(actor.id)
+
+    def release(self, actor: ServerConnection) -> None:
+        if self.services is not None:
+            self.services.unsubscribe(actor.id)
 
 
 @attrs.frozen(eq=False)
@@ -236,6 +226,7 @@ async def serve_nsmgr(
         nsmgr.registry = await nsmgr.peers.client(upstream["url"])
         async with trio.open_nursery() as nursery:
             nsmgr.discovery.start(nursery, nsmgr.registry)
+            nsmgr.services = NetworkServiceMonitor(nursery, nsmgr.registry)
             handlers: dict[Any, Any] = {
                 NETWORK_SERVICE: nsmgr,
                 MONITOR_CONNECTION: nsmgr,
