@@ -6,8 +6,9 @@ a veth pair with the client's end in the incoming mechanism's namespace (``inode
 ``name`` (default ``nsm-1``) and the endpoint's end in the namespace and under the name the
 endpoint's mechanism carries, the MTU if one is given (the smallest of the incoming
 mechanism's, the endpoint's and the connection context's), and the addresses and routes of the
-reply's IPContext. Every interface carries the alias ``trionsm:<id>``, the id being the
-forwarder's own connection id: stable across refreshes, re-requests and forwarder restarts.
+reply's IPContext. Every interface carries the alias ``trionsm:<forwarder>:<id>``, the id being
+the NSC's connection id (path segment 0's): stable across refreshes, re-requests, reselects and
+forwarder restarts, so a forwarder recognises its own leftovers and a client's old wire.
 
 The forwarder keeps each connection's :class:`Wire` in its connection actor, so the Requests and
 Closes of one connection are serialised by that actor while different connections' kernel work
@@ -19,10 +20,15 @@ What :class:`DataPlane` does for it:
 * :meth:`DataPlane.plan`: the :class:`WireSpec` the two mechanisms and the reply describe.
 * :meth:`DataPlane.ensure`, after the endpoint answered: the wire of that spec. The same wire,
   still whole (a refresh): nothing is changed. A different spec (another endpoint, new
-  addresses) or a wire deleted behind our back: the old one is removed and the new one made. A
-  leftover carrying our own alias (a restarted forwarder, re-requested) is removed and the wire
-  made again. A failed creation leaves nothing (``create_kernel_wire`` rolls back).
-* :meth:`DataPlane.remove`, on Close, expiry, reselect and a move to another endpoint.
+  addresses) or a wire deleted behind our back: the old one is removed and the new one made.
+  A leftover veth pair (a restarted forwarder, re-requested) that is exactly the wire of the
+  spec is adopted as it is: same interfaces, no flap. A leftover of the same client connection
+  that differs, or that another forwarder made (the client reselected after its forwarder
+  died), is removed and the wire made again; a name held by anything else is AlreadyExists
+  naming its owner. A failed creation leaves nothing (``create_kernel_wire`` rolls back).
+* :meth:`DataPlane.remove`, on Close, expiry, reselect and a move to another endpoint: exactly
+  the interfaces made or adopted (namespace, index and alias), so a late Close of an old
+  forwarder's connection never touches the wire a new forwarder made under the same name.
 
 A remote connection has one wire per node, VXLAN in between: :meth:`DataPlane.plan_vxlan` gives
 this forwarder's side (:class:`VxlanSpec`): on the client's node, the client's namespace and
@@ -54,6 +60,7 @@ from ._mechanisms import KERNEL, VXLAN, Param, check_interface_name, describe, v
 
 if TYPE_CHECKING:
     from trionsm.kernel import KernelWire, Netlink, NetlinkLimits, VxlanEnd
+    from trionsm.kernel._wireplan import WireAlias
 
 __all__ = ["DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
 
@@ -66,7 +73,7 @@ class WireSpec:
     """What one connection's wire should look like (compared on every refresh).
 
     Attributes:
-        connection_id: the forwarder's connection id (the alias ``trionsm:<id>``).
+        connection_id: the NSC's connection id (the alias ``trionsm:<owner>:<id>``).
         client_netns, client_ifname: the client end's namespace URL and interface name.
         endpoint_netns, endpoint_ifname: the endpoint end's.
         mtu: both ends' MTU; 0 keeps the kernel's default.
@@ -81,6 +88,12 @@ class WireSpec:
     mtu: int
     ip_context: IpContext | None = attrs.field(eq=False)
     encoded: bytes = attrs.field(repr=False)  # the IPContext's encoding, for comparison
+    owner: str = ""  # the forwarder making it
+
+    @property
+    def alias(self) -> str:
+        """What both ends carry: ``trionsm:<owner>:<connection id>``."""
+        return _alias(self.connection_id, self.owner)
 
     @property
     def description(self) -> str:
@@ -106,7 +119,7 @@ class VxlanSpec:
     """This forwarder's side of a remote connection's wire: one vxlan device.
 
     Attributes:
-        connection_id: the forwarder's connection id (the alias comes from it).
+        connection_id: the NSC's connection id (the alias ``trionsm:<owner>:<id>``).
         side: ``"client"`` (the NSC's node) or ``"endpoint"`` (the NSE's node).
         netns, ifname: the interface's namespace URL and name.
         underlay_netns: where the tunnel lives (the forwarder's node).
@@ -128,6 +141,12 @@ class VxlanSpec:
     mtu: int
     ip_context: IpContext | None = attrs.field(eq=False)
     encoded: bytes = attrs.field(repr=False)
+    owner: str = ""  # the forwarder making it
+
+    @property
+    def alias(self) -> str:
+        """What the interface carries: ``trionsm:<owner>:<connection id>``."""
+        return _alias(self.connection_id, self.owner)
 
     @property
     def description(self) -> str:
@@ -211,6 +230,7 @@ class DataPlane:
         *,
         hop: str,
         service: str,
+        owner: str = "",
     ) -> WireSpec:
         """The wire between the client's ``incoming`` and the endpoint's ``outgoing`` mechanism.
 
@@ -239,6 +259,7 @@ class DataPlane:
             mtu=min((mtu for mtu in mtus if mtu), default=0),
             ip_context=ip_context,
             encoded=bytes(ip_context) if ip_context is not None else b"",
+            owner=owner,
         )
 
     def plan_vxlan(
@@ -252,6 +273,7 @@ class DataPlane:
         underlay_netns: str,
         hop: str,
         service: str,
+        owner: str = "",
     ) -> VxlanSpec:
         """This side's vxlan end: ``workload`` is the KERNEL mechanism of this node's workload
         (the client's incoming one, or the endpoint's reply), ``tunnel`` the VXLAN mechanism
@@ -310,42 +332,101 @@ class DataPlane:
             mtu=min((mtu for mtu in mtus if mtu), default=0),
             ip_context=ip_context,
             encoded=bytes(ip_context) if ip_context is not None else b"",
+            owner=owner,
         )
 
     async def ensure(
-        self, current: Wire | None, spec: WireSpec | VxlanSpec, *, hop: str, service: str
+        self,
+        current: Wire | None,
+        spec: WireSpec | VxlanSpec,
+        *,
+        hop: str,
+        service: str,
+        adopt: bool = False,
     ) -> Wire:
-        """The wire of ``spec``: ``current`` if it is that wire and still whole, else a new one
-        (``current`` removed first). Cancellable: a creation cut short leaves nothing.
+        """The wire of ``spec``: ``current`` if it is that wire and still whole; else a leftover
+        veth pair that is exactly that wire, adopted as it is (no flap); else a new one,
+        ``current`` and this client connection's stale interfaces under its names removed first.
+        Cancellable: a creation cut short leaves nothing.
+
+        Args:
+            adopt: look for a leftover before creating (the forwarder restarted and may hold
+                one); without it, one is looked for only when the creation finds a name taken.
 
         Raises:
+            AlreadyExists: a name is held by another connection's wire or by an interface we did
+                not make (naming its owner).
             TrionsmError: the kernel's typed error, naming the wire, the service and the cause;
                 nothing of the new wire remains (``current`` may have been removed already).
         """
-        from trionsm.kernel import check_wire, remove_wire
+        from trionsm.kernel import check_wire
 
         if current is not None:
             whole = False
             if current.spec == spec:
                 with contextlib.suppress(TrionsmError):  # cannot tell: make it again
-                    whole = await check_wire(current.kernel, hop=hop, netlink=self.netlink)
+                    whole = await check_wire(
+                        current.kernel, hop=hop, netlink=self.netlink, alias=spec.alias
+                    )
             if whole:
                 return current
             await self.remove(current, hop=hop, service=service)
         try:
+            if adopt:
+                adopted, _ = await self._take_over(spec, hop)
+                if adopted is not None:
+                    return adopted
             try:
                 return _made(spec, await self._create(spec, hop))
             except AlreadyExists:
-                # A leftover of this very connection (a restarted forwarder re-requested, or a
-                # removal that failed): ours to replace. Anything else keeps the error.
-                ends, names = spec.namespaces, spec.ifnames
-                if not await remove_wire(
-                    spec.connection_id, ends, ifnames=names, hop=hop, netlink=self.netlink
-                ):
+                adopted, cleared = await self._take_over(spec, hop)
+                if adopted is not None:
+                    return adopted
+                if not cleared:
                     raise
                 return _made(spec, await self._create(spec, hop))
         except TrionsmError as exc:
             raise _about(exc, f"creating the wire {spec.description}", service) from exc
+
+    async def _take_over(self, spec: WireSpec | VxlanSpec, hop: str) -> tuple[Wire | None, int]:
+        """Adopt the leftover veth pair that is exactly ``spec``'s wire; else remove what holds
+        its names and belongs to the same client connection (ours, or a dead forwarder's).
+        Returns the adopted wire (or None) and how many stale interfaces were removed.
+
+        Raises:
+            AlreadyExists: a name is held by anything else (naming its owner).
+        """
+        from trionsm.kernel import plan_wire
+        from trionsm.kernel._reconcile import inspect_wire, lookup, remove_interfaces
+
+        if isinstance(spec, WireSpec):
+            plan = plan_wire(
+                spec.connection_id,
+                spec.client_ifname,
+                spec.endpoint_ifname,
+                mtu=spec.mtu,
+                ip_context=spec.ip_context,
+                hop=hop,
+                owner=spec.owner,
+            )
+            seen = await inspect_wire(
+                plan, spec.client_netns, spec.endpoint_netns, hop=hop, netlink=self.netlink
+            )
+            if seen.wire is not None:
+                return _made(spec, seen.wire), 0
+            ends = seen.ends
+        else:
+            found = await lookup(spec.netns, spec.ifname, hop=hop, netlink=self.netlink)
+            ends = [found] if found is not None else []
+        for end in ends:
+            parsed = end.parsed
+            if parsed is None or parsed.connection_id != spec.connection_id:
+                raise AlreadyExists(
+                    f"{end.ifname} in {end.namespace} is taken by {_holder(parsed)}", hop=hop
+                )
+        if ends:
+            await remove_interfaces(ends, hop=hop, netlink=self.netlink)
+        return None, len(ends)
 
     async def _create(self, spec: WireSpec | VxlanSpec, hop: str) -> KernelWire | VxlanEnd:
         from trionsm.kernel import create_kernel_wire, create_vxlan_end
@@ -365,6 +446,7 @@ class DataPlane:
                 ip_context=spec.ip_context,
                 hop=hop,
                 netlink=self.netlink,
+                owner=spec.owner,
             )
         return await create_kernel_wire(
             spec.connection_id,
@@ -376,22 +458,22 @@ class DataPlane:
             ip_context=spec.ip_context,
             hop=hop,
             netlink=self.netlink,
+            owner=spec.owner,
         )
 
     async def remove(self, wire: Wire, *, hop: str, service: str | None = None) -> None:
-        """Delete both ends of ``wire`` (idempotent: what is gone already is fine).
+        """Delete the interfaces of ``wire``, exactly those made or adopted (namespace, index
+        and alias): one made since under the same name is left alone. Idempotent: what is gone
+        already is fine.
 
         Raises:
             TrionsmError: the kernel refused a deletion (naming the wire and the cause).
         """
-        from trionsm.kernel import remove_wire
+        from trionsm.kernel._reconcile import remove_interfaces
 
-        ends = [end.namespace for end in wire.kernel.ends]
-        names = [end.ifname for end in wire.kernel.ends]
+        ends = [(end.namespace, end.index, wire.spec.alias) for end in wire.kernel.ends]
         try:
-            await remove_wire(
-                wire.spec.connection_id, ends, ifnames=names, hop=hop, netlink=self.netlink
-            )
+            await remove_interfaces(ends, hop=hop, netlink=self.netlink)
         except TrionsmError as exc:
             raise _about(exc, f"removing the wire {wire.spec.description}", service) from exc
 
@@ -412,6 +494,21 @@ def _made(spec: WireSpec | VxlanSpec, kernel: KernelWire | VxlanEnd) -> Wire:
     if isinstance(spec, VxlanSpec) and spec.mtu != kernel.mtu:
         spec = attrs.evolve(spec, mtu=kernel.mtu)
     return Wire(spec, kernel)
+
+
+def _alias(connection_id: str, owner: str) -> str:
+    from trionsm.kernel._wireplan import alias_for
+
+    return alias_for(connection_id, owner)
+
+
+def _holder(alias: WireAlias | None) -> str:
+    """Who holds an interface, by its alias."""
+    if alias is None:
+        return "an interface that trionsm did not make"
+    if not alias.owner:
+        return f"trionsm's wire of connection {alias.connection_id!r}"
+    return f"forwarder {alias.owner!r}'s wire of connection {alias.connection_id!r}"
 
 
 def _about(exc: TrionsmError, what: str, service: str | None) -> TrionsmError:

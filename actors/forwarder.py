@@ -57,10 +57,20 @@ from trionsm.api.registry import NetworkServiceEndpoint, NetworkServiceLabels
 from trionsm.clock import Clock
 from trionsm.errors import FailedPrecondition, InvalidArgument, NotFound, TrionsmError
 from trionsm.identity import JwtTokenProvider, TokenProvider
-from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
+from trionsm.supervision import (
+    ActorRef,
+    ActorStopped,
+    CallTimeout,
+    ChildSpec,
+    ChildType,
+    Restart,
+    Strategy,
+    Supervisor,
+    open_supervisor,
+)
 from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
 
-from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop
+from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop, _Close
 from ._dataplane import DataPlane, VxlanSpec, Wire, WireSpec, open_dataplane
 from ._health import Health
 from ._mechanisms import (
@@ -79,6 +89,7 @@ from ._mechanisms import (
     vxlan_port,
     with_parameters,
 )
+from ._reconcile import DEFAULT_RECONCILE_GRACE, Reconciler, serve_reconcile
 from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
 from ._select import RoundRobin, all_failed_error, drop_expired, select_endpoints
 from ._vni import VniBook
@@ -98,6 +109,8 @@ FORWARDER_SERVICE = "forwarder"
 FORWARDER_LABELS = {"p2p": "true"}
 VNI_ATTEMPTS = 4
 """Times a remote wire is tried with a new VNI when the kernel refuses one (VniInUse)."""
+STOP_TIMEOUT = 2 * CLOSE_TIMEOUT
+"""Seconds a stopping forwarder gives its connections to close (unless it keeps its data plane)."""
 
 
 class Forwarder(ServerHop):
@@ -134,6 +147,7 @@ class Forwarder(ServerHop):
         self.round_robin = RoundRobin()
         self.registry: Any = None  # a Client to the nsmgr's registry front
         self.discovery = Discovery()  # cached look-ups through it
+        self.reconciler: Reconciler | None = None  # a restarted forwarder's leftovers, if any
         self._remote = remote or (lambda url: not is_local_url(url))
 
     def _outgoing_preferences(self, url: str, incoming: Mechanism, service: str) -> list[Mechanism]:
@@ -344,9 +358,15 @@ class Forwarder(ServerHop):
         try:
             for attempt in range(VNI_ATTEMPTS):
                 spec = self._spec(dataplane, actor, incoming, reply)
+                reconciler = self.reconciler
+                adopt = reconciler is not None and reconciler.may_hold(spec.alias)
                 try:
                     wire: Wire = await dataplane.ensure(
-                        actor.state.pop("wire", None), spec, hop=self.name, service=service
+                        actor.state.pop("wire", None),
+                        spec,
+                        hop=self.name,
+                        service=service,
+                        adopt=adopt,
                     )
                     break
                 except VniInUse:
@@ -362,6 +382,10 @@ class Forwarder(ServerHop):
                 await self._abandon(actor, url, reply)
             raise
         actor.state["wire"] = wire
+        if self.reconciler is not None:  # the leftovers this wire uses are claimed, not stale
+            self.reconciler.claim(
+                wire.spec.alias, [(end.namespace.key, end.index) for end in wire.kernel.ends]
+            )
         made = {} if incoming.type == VXLAN else {Param.NAME: wire.ifname}
         if wire.mtu:
             made[Param.MTU] = str(wire.mtu)
@@ -392,21 +416,25 @@ class Forwarder(ServerHop):
     def _spec(
         self, dataplane: DataPlane, actor: ServerConnection, incoming: Mechanism, reply: Connection
     ) -> WireSpec | VxlanSpec:
-        """The wire for this reply: a veth pair, or this side's vxlan end of a remote one."""
+        """The wire for this reply: a veth pair, or this side's vxlan end of a remote one. Its
+        alias names this forwarder and the NSC's connection id (path segment 0's), which stays
+        the same across re-requests and reselects, whichever forwarder serves them."""
         service, hop = reply.network_service, self.name
         underlay = self.underlay_netns
+        assert reply.path is not None
+        nsc_id = reply.path.path_segments[0].id
         if incoming.type == VXLAN:  # the endpoint's node
             return dataplane.plan_vxlan(
-                actor.id, "endpoint", reply.mechanism, incoming, reply.context,
-                underlay_netns=underlay, hop=hop, service=service,
+                nsc_id, "endpoint", reply.mechanism, incoming, reply.context,
+                underlay_netns=underlay, hop=hop, service=service, owner=hop,
             )  # fmt: skip
         if reply.mechanism is not None and reply.mechanism.type == VXLAN:  # the client's node
             return dataplane.plan_vxlan(
-                actor.id, "client", incoming, reply.mechanism, reply.context,
-                underlay_netns=underlay, hop=hop, service=service,
+                nsc_id, "client", incoming, reply.mechanism, reply.context,
+                underlay_netns=underlay, hop=hop, service=service, owner=hop,
             )  # fmt: skip
         return dataplane.plan(
-            actor.id, incoming, reply.mechanism, reply.context, hop=hop, service=service
+            nsc_id, incoming, reply.mechanism, reply.context, hop=hop, service=service, owner=hop
         )
 
     async def _abandon(self, actor: ServerConnection, url: str, reply: Connection) -> None:
@@ -443,6 +471,18 @@ class Forwarder(ServerHop):
         actor.state.pop("endpoint", None)
         actor.state.pop("mechanism", None)
 
+    async def close_all(self) -> None:
+        """Close every connection as if its client had (downstream, its wire, its subscribers),
+        concurrently, each within ``STOP_TIMEOUT``: a forwarder stopping for good."""
+
+        async def close(ref: ActorRef) -> None:
+            with contextlib.suppress(ActorStopped, CallTimeout, TrionsmError):
+                await ref.call(_Close(), timeout=STOP_TIMEOUT)
+
+        async with trio.open_nursery() as nursery:
+            for ref in list(self._actors.values()):
+                nursery.start_soon(close, ref)
+
 
 @attrs.frozen(eq=False)
 class ForwarderHandle:
@@ -471,10 +511,21 @@ async def serve_forwarder(
     clock: Clock | None = None,
     client_options: Mapping[str, Any] | None = None,
     lease_options: Mapping[str, Any] | None = None,
+    reconcile_grace: float | None = DEFAULT_RECONCILE_GRACE,
+    reconcile_namespaces: Sequence[str] | None = None,
+    keep_dataplane_on_stop: bool = False,
     task_status: trio.TaskStatus[ForwarderHandle] = trio.TASK_STATUS_IGNORED,
     **transport_options: Any,
 ) -> None:
     """Run the forwarder ``name`` on ``url``, registered at ``nsmgr``, until cancelled.
+
+    With a data plane, a forwarder reconciles when it starts (``_reconcile``): the interfaces
+    carrying its name in their alias are adopted by the re-requests that describe them, and
+    whatever no re-request claimed within ``reconcile_grace`` seconds is removed. When it is
+    cancelled (stopped), it first closes every connection (downstream, and its wire), within
+    ``STOP_TIMEOUT``, unless ``keep_dataplane_on_stop``: then it stops without touching them, for
+    the next incarnation to adopt (a restart that must not flap the wires). A crash (an error
+    raised out of its supervisor) closes nothing either.
 
     Args:
         name: its name.
@@ -490,6 +541,12 @@ async def serve_forwarder(
             scheme; in-process meshes tell it).
         client_options: for the clients to next hops and the nsmgr (``roundtrip_bytes``...).
         lease_options: for its registration lease.
+        reconcile_grace: seconds leftovers wait for a claim (default
+            :data:`~trionsm.actors._reconcile.DEFAULT_RECONCILE_GRACE`, well above a client's
+            heal and refresh); None: no reconcile at start.
+        reconcile_namespaces: where to look for leftovers (default: every network namespace
+            of the host).
+        keep_dataplane_on_stop: stop without closing connections or removing wires.
         transport_options: for ``transport.serve``.
     """
     tokens = tokens or JwtTokenProvider(f"spiffe://trionsm.local/forwarder/{name}", clock=clock)
@@ -504,6 +561,16 @@ async def serve_forwarder(
             tunnel_ip=tunnel_ip,
             underlay_netns=underlay_netns,
         )
+        reconcile = None
+        if chosen is not None and reconcile_grace is not None:
+            forwarder.reconciler = Reconciler(name, reconcile_grace)
+            reconcile = partial(
+                serve_reconcile,
+                forwarder.reconciler,
+                hop=name,
+                netlink=chosen.netlink,
+                namespaces=reconcile_namespaces,
+            )
         await _serve(
             forwarder,
             url,
@@ -512,6 +579,8 @@ async def serve_forwarder(
             public_url=public_url,
             client_options=client_options,
             lease_options=lease_options,
+            reconcile=reconcile,
+            keep_dataplane_on_stop=keep_dataplane_on_stop,
             task_status=task_status,
             **transport_options,
         )
@@ -537,6 +606,8 @@ async def _serve(
     public_url: str | None,
     client_options: Mapping[str, Any] | None,
     lease_options: Mapping[str, Any] | None,
+    reconcile: Any,
+    keep_dataplane_on_stop: bool,
     task_status: trio.TaskStatus[ForwarderHandle],
     **transport_options: Any,
 ) -> None:
@@ -583,8 +654,27 @@ async def _serve(
         ChildSpec("server", run_server),
         ChildSpec("lease", run_lease),
     ]
-    async with open_supervisor(
-        children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=30.0, name=name
-    ) as supervisor:
-        task_status.started(ForwarderHandle(name, bound["url"], forwarder, supervisor, leases[0]))
-        await trio.sleep_forever()
+    if reconcile is not None:  # last: its failure restarts only itself (a new scan)
+        children.append(ChildSpec("reconcile", reconcile, restart=Restart.TRANSIENT))
+    stopping = trio.Event()
+
+    async def wait_for_stop() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stopping.set()
+
+    async with trio.open_nursery() as nursery:
+        if not keep_dataplane_on_stop:
+            nursery.start_soon(wait_for_stop)
+        # Shielded, the tree outlives the cancellation that stops it until its connections are
+        # closed (they need the peers, the server and the actors); then it stops in order.
+        with trio.CancelScope(shield=not keep_dataplane_on_stop):
+            async with open_supervisor(
+                children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=30.0, name=name
+            ) as supervisor:
+                handle = ForwarderHandle(name, bound["url"], forwarder, supervisor, leases[0])
+                task_status.started(handle)
+                await stopping.wait()
+                with trio.move_on_after(STOP_TIMEOUT):
+                    await forwarder.close_all()

@@ -51,6 +51,7 @@ __all__ = [
     "Interface",
     "compare",
     "inspect_wire",
+    "lookup",
     "remove_interfaces",
     "scan_namespaces",
 ]
@@ -155,6 +156,25 @@ async def scan_namespaces(
     return interfaces
 
 
+async def lookup(
+    namespace: Namespace | str,
+    ifname: str,
+    *,
+    hop: str | None = None,
+    netlink: Netlink | None = None,
+) -> Interface | None:
+    """The interface ``ifname`` in ``namespace`` as the kernel has it now, or None (``PROBE``).
+
+    Raises:
+        NotFound, PermissionDenied, InvalidArgument: the namespace is missing or not ours.
+        TrionsmError: the kernel refused the lookup.
+    """
+    netlink = netlink or current_netlink()
+    resolved = await resolve_namespace(namespace, hop=hop)
+    job = partial(_observe, ifname=ifname)
+    return await netlink.run(resolved, job, lane=Lane.PROBE, hop=hop)
+
+
 async def inspect_wire(
     plan: WirePlan,
     client_ns: Namespace | str,
@@ -171,14 +191,12 @@ async def inspect_wire(
         NotFound, PermissionDenied, InvalidArgument: a namespace is missing or cannot be entered.
         TrionsmError: the kernel refused a lookup.
     """
-    netlink = netlink or current_netlink()
     client = await resolve_namespace(client_ns, hop=hop)
     endpoint = await resolve_namespace(endpoint_ns, hop=hop)
     seen: dict[str, Interface | None] = {}
 
     async def look(side: str, namespace: Namespace, ifname: str) -> None:
-        job = partial(_observe, ifname=ifname)
-        seen[side] = await netlink.run(namespace, job, lane=Lane.PROBE, hop=hop)
+        seen[side] = await lookup(namespace, ifname, hop=hop, netlink=netlink)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(look, "client", client, plan.client.ifname)

@@ -205,14 +205,17 @@ class Mesh:
 
     async def add_forwarder(self, name: str, *, node: int, **options: Any) -> Any:
         """Start a forwarder on ``node``; ``options`` go to ``serve_forwarder`` (overriding the
-        mesh's: ``tunnel_ip=""`` makes one without VXLAN)."""
+        mesh's: ``tunnel_ip=""`` makes one without VXLAN). A mesh's forwarders keep their
+        connections and wires when stopped (``keep_dataplane_on_stop=True``), so :meth:`kill`
+        is a crash; ``reconcile_grace`` sets how long a restarted one holds its leftovers."""
 
         def remote(url: str) -> bool:  # towards another node's nsmgr
             return url in {self.nsmgr_url(i) for i in range(len(self.nodes))}
 
-        kernel: dict[str, Any] = {}
+        kernel: dict[str, Any] = {"keep_dataplane_on_stop": True}
         if self.netlink is not None:
-            kernel = {"mechanisms": (KERNEL, VXLAN, NOOP), "dataplane": DataPlane(self.netlink)}
+            kernel["mechanisms"] = (KERNEL, VXLAN, NOOP)
+            kernel["dataplane"] = DataPlane(self.netlink)
         if self.underlay is not None:
             kernel["tunnel_ip"] = self.underlay.address(node)
             kernel["underlay_netns"] = self.underlay.url(node)

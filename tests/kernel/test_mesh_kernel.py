@@ -47,10 +47,18 @@ def addresses(conn: ClientConnection, field: str) -> list[str]:
 
 
 def forwarder_id(conn: ClientConnection) -> str:
-    """The forwarder's connection id: the wire's alias is ``trionsm:<it>``."""
+    """The forwarder's connection id."""
     assert conn.connection is not None
     assert conn.connection.path is not None
     return conn.connection.path.path_segments[2].id
+
+
+def wire_alias(conn: ClientConnection) -> str:
+    """The wire's alias: ``trionsm:<forwarder>:<the NSC's connection id>``."""
+    assert conn.connection is not None
+    assert conn.connection.path is not None
+    segments = conn.connection.path.path_segments
+    return f"trionsm:{segments[2].name}:{segments[0].id}"
 
 
 async def pings(mesh: Mesh, netns: str, targets: list[str]) -> bool:
@@ -102,7 +110,7 @@ async def test_kernel_connection_pings_with_routes_mtu_and_alias_and_close_remov
                 client_links, nse_links = await host.links(client_ns), await host.links(nse_ns)
                 assert sorted(client_links) == ["lo", "nsm-1"]
                 (nse_if,) = set(nse_links) - {"lo"}
-                alias = f"trionsm:{forwarder_id(conn)}"
+                alias = wire_alias(conn)
                 for link in (client_links["nsm-1"], nse_links[nse_if]):
                     assert link["ifalias"] == alias
                     assert link["mtu"] == 1400
@@ -183,7 +191,7 @@ async def test_endpoint_death_heals_onto_another_endpoint_and_removes_the_old_wi
                 assert sorted(await host.links(client_ns)) == ["lo", "nsm-1"]
                 assert f"{net}1/32" in await host.run(client_ns, "addr", "show", "nsm-1")
                 assert len(await host.links(pods[other])) == 2  # lo and the new wire's end
-                alias = f"trionsm:{forwarder_id(conn)}"
+                alias = wire_alias(conn)
                 assert (await host.links(client_ns))["nsm-1"]["ifalias"] == alias
             assert list(await host.links(client_ns)) == ["lo"]
             assert list(await host.links(pods[other])) == ["lo"]
@@ -233,7 +241,7 @@ async def test_a_vanished_client_s_wire_is_removed_when_its_connection_expires(
             assert list(await host.links(nse_ns)) == ["lo"]
 
 
-async def test_a_restarted_forwarder_replaces_its_own_leftover_wire_on_re_request(
+async def test_a_restarted_forwarder_adopts_its_own_leftover_wire_on_re_request(
     host: Host,
 ) -> None:
     client_ns, nse_ns = await host.netns(), await host.netns()
@@ -242,12 +250,14 @@ async def test_a_restarted_forwarder_replaces_its_own_leftover_wire_on_re_reques
         await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.111.0/24", netns=nse_ns)
         with trio.fail_after(BOUND):
             async with mesh.connect("kernel://icmp/nsm-1", netns=client_ns) as conn:
-                alias = f"trionsm:{forwarder_id(conn)}"
+                alias, first_id = wire_alias(conn), forwarder_id(conn)
+                index = (await host.links(client_ns))["nsm-1"]["ifindex"]
                 await mesh.kill("forwarder-0-0")  # its wire stays: nobody removed it
                 await mesh.restart("forwarder-0-0")
                 healed = await conn.wait_for(EventKind.HEALED)
                 assert "re-requested (data plane alive)" in healed.reason
-                assert forwarder_id(conn) == alias.removeprefix("trionsm:")  # same path ids
+                assert forwarder_id(conn) == first_id  # same path ids
+                assert (await host.links(client_ns))["nsm-1"]["ifindex"] == index  # adopted
                 assert await pings(mesh, client_ns, addresses(conn, "dst_ip_addrs"))
                 links = await host.links(client_ns)
                 assert sorted(links) == ["lo", "nsm-1"]
@@ -327,7 +337,7 @@ async def test_failed_wire_closes_the_endpoint_connection_and_leaves_nothing(
                 await nsmgr.network_service.request(request, timeout=BOUND)
         reason = str(caught.value)
         assert "[forwarder-0-0] service 'icmp': creating the wire nsm-1 in" in reason
-        assert f"naming the interface 'nsm-1' in {client_ns}: File exists" in reason
+        assert f"nsm-1 in {client_ns} is taken by an interface that trionsm did not make" in reason
         await trio.testing.wait_all_tasks_blocked()
         endpoint = mesh.hop("nse-1")
         assert endpoint is not None

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from functools import partial
+from typing import Any
 
+import attrs
 import pytest
 import trio
 
+from trionsm.actors.client import ClientConnection, EventKind
 from trionsm.api.connectioncontext import IpContext, PolicyRoute, Route
-from trionsm.kernel import Netlink, create_kernel_wire, plan_wire
+from trionsm.api.registry import Match, Metadata, NetworkService
+from trionsm.kernel import Netlink, create_kernel_wire, ping, plan_wire
 from trionsm.kernel._reconcile import inspect_wire, remove_interfaces, scan_namespaces
+from trionsm.scenario import Mesh, open_mesh
 
 from .conftest import Host
 
@@ -182,3 +189,238 @@ async def test_exact_removal_needs_the_namespace_the_index_and_the_alias(
         assert seen.difference == "the endpoint end is missing"
         assert seen.client is not None
         assert seen.client.index == new.client.index
+
+
+# --- a forwarder that restarts, dies, or stops, inside a kernel mesh -----------------------------
+
+GRACE = 3.0
+"""The tests' reconcile grace: long enough for every client's heal, short enough to wait out."""
+
+
+def forwarder_of(conn: ClientConnection) -> str:
+    assert conn.connection is not None
+    assert conn.connection.path is not None
+    return conn.connection.path.path_segments[2].name
+
+
+def client_alias(conn: ClientConnection) -> str:
+    """``trionsm:<forwarder>:<NSC connection id>``: what the client's wire carries."""
+    assert conn.connection is not None
+    assert conn.connection.path is not None
+    return f"trionsm:{forwarder_of(conn)}:{conn.connection.path.path_segments[0].id}"
+
+
+def destination(conn: ClientConnection) -> str:
+    assert conn.connection is not None
+    assert conn.connection.context is not None
+    assert conn.connection.context.ip_context is not None
+    return conn.connection.context.ip_context.dst_ip_addrs[0].split("/")[0]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait until ``check()`` holds (bounded by the caller), looking every 50 ms."""
+    while True:
+        if await check():
+            return
+        await trio.sleep(0.05)
+
+
+@attrs.define
+class Pinger:
+    """Pings through a wire from the client's namespace until stopped, counting the answers."""
+
+    mesh: Mesh
+    netns: str
+    target: str
+    answered: int = 0
+    lost: int = 0
+
+    async def run(self, stop: trio.Event) -> None:
+        while not stop.is_set():
+            ok = await ping(self.netns, self.target, timeout=1.0, netlink=self.mesh.netlink)
+            self.answered += ok
+            self.lost += not ok
+            await trio.sleep(0.02)  # pacing, not waiting: about 40 echoes a second per wire
+
+
+async def reconciled(mesh: Mesh, forwarder: str) -> None:
+    """Wait until ``forwarder``'s reconcile grace is over and its sweep has run."""
+
+    async def done() -> bool:
+        reconciler = mesh[forwarder].forwarder.reconciler
+        return bool(reconciler is not None and reconciler.finished)
+
+    await eventually(done)
+
+
+async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_removes_the_rest(
+    host: Host,
+) -> None:
+    nse_ns, stray_ns = await host.netns(), await host.netns()
+    clients = [await host.netns() for _ in range(3)]
+    fwd = owner_name()
+    async with open_mesh(kernel=True, forwarders=0) as mesh:
+        assert mesh.netlink is not None
+        await mesh.add_forwarder(fwd, node=0, reconcile_grace=GRACE)
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.120.0/24", netns=nse_ns)
+        with trio.fail_after(BOUND):
+            async with AsyncExitStack() as stack:
+                conns = [
+                    await stack.enter_async_context(
+                        mesh.connect("kernel://icmp/nsm-1", netns=netns)
+                    )
+                    for netns in clients
+                ]
+                await reconciled(mesh, fwd)  # the first start's grace: nothing to remove
+                # A wire its client will never claim again (the client is gone).
+                stray = await create_kernel_wire(
+                    "nsc-gone", stray_ns, "nsm-1", nse_ns, "", owner=fwd, netlink=mesh.netlink
+                )
+                before = {netns: await host.links(netns) for netns in [*clients, nse_ns]}
+                assert len(before[nse_ns]) == 1 + 3 + 1
+
+                pingers = [
+                    Pinger(mesh, netns, destination(c))
+                    for netns, c in zip(clients, conns, strict=True)
+                ]
+                stop = trio.Event()
+                async with trio.open_nursery() as nursery:
+                    for pinger in pingers:
+                        nursery.start_soon(pinger.run, stop)
+                    await mesh.kill(fwd)  # a crash: its actors are gone, its wires are not
+                    await mesh.restart(fwd)
+                    for conn in conns:
+                        healed = await conn.wait_for(EventKind.HEALED)
+                        assert "re-requested (data plane alive)" in healed.reason
+                    for pinger in pingers:  # a few more echoes after the heals
+                        answered = pinger.answered
+                        await eventually(partial(more_than, pinger, answered + 3))
+                    stop.set()
+                assert [p.lost for p in pingers] == [0, 0, 0]
+                assert all(p.answered > 3 for p in pingers)
+
+                await reconciled(mesh, fwd)
+                for netns in clients:  # the very same interfaces
+                    assert ifindexes(await host.links(netns)) == ifindexes(before[netns])
+                nse_links = await host.links(nse_ns)
+                assert stray.endpoint.ifname not in nse_links  # unclaimed: removed after the grace
+                assert sorted(await host.links(stray_ns)) == ["lo"]
+                del before[nse_ns][stray.endpoint.ifname]
+                assert ifindexes(nse_links) == ifindexes(before[nse_ns])
+                for netns, conn in zip(clients, conns, strict=True):
+                    assert (await host.links(netns))["nsm-1"]["ifalias"] == client_alias(conn)
+                    assert await ping(netns, destination(conn), timeout=2.0, netlink=mesh.netlink)
+
+
+def more_than(pinger: Pinger, count: int) -> Awaitable[bool]:
+    async def check() -> bool:
+        return pinger.answered >= count
+
+    return check()
+
+
+def ifindexes(links: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {name: link["ifindex"] for name, link in links.items()}
+
+
+def by_label(service: str, labels: list[str]) -> NetworkService:
+    """``service`` whose clients labelled ``app=<x>`` go through the forwarder labelled
+    ``fwd=<x>`` (NSM's forwarder selection by match metadata)."""
+    return NetworkService(
+        name=service,
+        matches=[
+            Match(source_selector={"app": x}, metadata=Metadata(labels={"fwd": x})) for x in labels
+        ],
+    )
+
+
+async def test_restarting_one_of_two_forwarders_leaves_the_other_s_wires_alone(
+    host: Host,
+) -> None:
+    nse_ns, client_a, client_b = await host.netns(), await host.netns(), await host.netns()
+    fwd_a, fwd_b = owner_name(), owner_name()
+    async with open_mesh(kernel=True, forwarders=0) as mesh:
+        for name, label in ((fwd_a, "a"), (fwd_b, "b")):
+            await mesh.add_forwarder(name, node=0, labels={"fwd": label}, reconcile_grace=GRACE)
+        await mesh.register_service(by_label("icmp", ["a", "b"]))
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.121.0/24", netns=nse_ns)
+        with trio.fail_after(BOUND):
+            async with AsyncExitStack() as stack:
+                conn_a = await stack.enter_async_context(
+                    mesh.connect("kernel://icmp/nsm-1", netns=client_a, labels={"app": "a"})
+                )
+                conn_b = await stack.enter_async_context(
+                    mesh.connect("kernel://icmp/nsm-1", netns=client_b, labels={"app": "b"})
+                )
+                assert (forwarder_of(conn_a), forwarder_of(conn_b)) == (fwd_a, fwd_b)
+                before = {netns: await host.links(netns) for netns in (client_a, client_b, nse_ns)}
+
+                await mesh.kill(fwd_a)
+                await mesh.restart(fwd_a)
+                await conn_a.wait_for(EventKind.HEALED)
+                await reconciled(mesh, fwd_a)
+                for netns in (client_a, client_b, nse_ns):
+                    assert ifindexes(await host.links(netns)) == ifindexes(before[netns])
+                assert conn_b.heals == 0
+                assert (await host.links(client_b))["nsm-1"]["ifalias"] == client_alias(conn_b)
+                assert await ping(client_b, destination(conn_b), timeout=2.0, netlink=mesh.netlink)
+
+
+async def test_a_client_whose_forwarder_died_reselects_and_gets_nsm_1_despite_the_leftover(
+    host: Host,
+) -> None:
+    nse_ns, client_ns = await host.netns(), await host.netns()
+    fwd_a, fwd_b = owner_name(), owner_name()
+    async with open_mesh(kernel=True, forwarders=0) as mesh:
+        await mesh.add_forwarder(fwd_a, node=0, reconcile_grace=GRACE)
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.122.0/24", netns=nse_ns)
+        with trio.fail_after(BOUND):
+            async with mesh.connect("kernel://icmp/nsm-1", netns=client_ns) as conn:
+                assert forwarder_of(conn) == fwd_a
+                old = await host.links(client_ns)
+                await mesh.add_forwarder(fwd_b, node=0, reconcile_grace=GRACE)
+                await mesh.kill(fwd_a)  # for good: its nsm-1 stays in the client's namespace
+                await conn.wait_for(EventKind.HEALED)
+                assert forwarder_of(conn) == fwd_b
+                links = await host.links(client_ns)
+                assert sorted(links) == ["lo", "nsm-1"]
+                assert links["nsm-1"]["ifalias"] == client_alias(conn)
+                assert links["nsm-1"]["ifindex"] != old["nsm-1"]["ifindex"]  # the old one went
+                assert len(await host.links(nse_ns)) == 2  # and its peer with it
+                assert await ping(client_ns, destination(conn), timeout=2.0, netlink=mesh.netlink)
+            assert sorted(await host.links(client_ns)) == ["lo"]
+            assert sorted(await host.links(nse_ns)) == ["lo"]
+
+
+async def test_a_stopped_forwarder_removes_its_wires_unless_told_to_keep_them(
+    host: Host,
+) -> None:
+    nse_ns, kept_ns, removed_ns = await host.netns(), await host.netns(), await host.netns()
+    keeper, cleaner = owner_name(), owner_name()
+    async with open_mesh(kernel=True, forwarders=0) as mesh:
+        await mesh.add_forwarder(keeper, node=0, labels={"fwd": "k"}, keep_dataplane_on_stop=True)
+        await mesh.add_forwarder(cleaner, node=0, labels={"fwd": "c"}, keep_dataplane_on_stop=False)
+        await mesh.register_service(by_label("icmp", ["k", "c"]))
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.123.0/24", netns=nse_ns)
+        with trio.fail_after(BOUND):
+            async with AsyncExitStack() as stack:
+                for netns, label in ((kept_ns, "k"), (removed_ns, "c")):
+                    await stack.enter_async_context(
+                        mesh.connect(
+                            "kernel://icmp/nsm-1",
+                            netns=netns,
+                            labels={"app": label},
+                            liveness=False,
+                        )
+                    )
+                kept = await host.links(kept_ns)
+                endpoint = mesh.hop("nse-1")
+                assert endpoint is not None
+                closes = endpoint.counts.closes
+                await mesh.kill(keeper)
+                await mesh.kill(cleaner)  # a stop: its connections close downstream first
+                assert ifindexes(await host.links(kept_ns)) == ifindexes(kept)
+                assert sorted(await host.links(removed_ns)) == ["lo"]
+                assert endpoint.counts.closes == closes + 1
