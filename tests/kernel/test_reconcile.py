@@ -20,9 +20,12 @@ import attrs
 import pytest
 import trio
 
+from trionsm.actors._dataplane import DataPlane, WireSpec
+from trionsm.actors._mechanisms import kernel_mechanism
 from trionsm.actors.client import ClientConnection, EventKind
-from trionsm.api.connectioncontext import IpContext, PolicyRoute, Route
+from trionsm.api.connectioncontext import ConnectionContext, IpContext, PolicyRoute, Route
 from trionsm.api.registry import Match, Metadata, NetworkService
+from trionsm.errors import AlreadyExists
 from trionsm.kernel import Netlink, create_kernel_wire, ping, plan_wire
 from trionsm.kernel._reconcile import inspect_wire, remove_interfaces, scan_namespaces
 from trionsm.scenario import Mesh, open_mesh
@@ -424,3 +427,97 @@ async def test_a_stopped_forwarder_removes_its_wires_unless_told_to_keep_them(
                 assert ifindexes(await host.links(kept_ns)) == ifindexes(kept)
                 assert sorted(await host.links(removed_ns)) == ["lo"]
                 assert endpoint.counts.closes == closes + 1
+
+
+# --- the data plane: adopt, replace, refuse, remove exactly ---------------------------------------
+
+
+def wire_spec(
+    dataplane: DataPlane, owner: str, client_ns: str, nse_ns: str, context: IpContext
+) -> WireSpec:
+    return dataplane.plan(
+        "nsc-1",
+        kernel_mechanism(client_ns, "nsm-1"),
+        kernel_mechanism(nse_ns, "nse-end"),
+        ConnectionContext(ip_context=context),
+        hop=owner,
+        service="icmp",
+        owner=owner,
+    )
+
+
+async def test_the_data_plane_adopts_its_exact_leftover_and_replaces_a_different_one(
+    host: Host, netlink: Netlink, pair: Callable[..., IpContext]
+) -> None:
+    client_ns, nse_ns = await host.netns(), await host.netns()
+    owner = owner_name()
+    first, restarted = DataPlane(netlink), DataPlane(netlink)  # two incarnations
+    with trio.fail_after(BOUND):
+        spec = wire_spec(first, owner, client_ns, nse_ns, pair(50))
+        made = await first.ensure(None, spec, hop=owner, service="icmp")
+        for adopt in (True, False):  # looked for first, or after the names were found taken
+            adopted = await restarted.ensure(None, spec, hop=owner, service="icmp", adopt=adopt)
+            assert adopted.kernel == made.kernel  # the very same interfaces
+        other = wire_spec(first, owner, client_ns, nse_ns, pair(51))  # new addresses
+        replaced = await restarted.ensure(None, other, hop=owner, service="icmp", adopt=True)
+        assert replaced.kernel.client.index != made.kernel.client.index
+        links = await host.links(client_ns)
+        assert sorted(links) == ["lo", "nsm-1"]
+        assert "169.254.51.1" in await host.run(client_ns, "addr", "show", "nsm-1")
+        assert len(await host.links(nse_ns)) == 2
+
+
+async def test_a_client_s_old_wire_of_another_forwarder_is_replaced_and_its_late_close_harmless(
+    host: Host, netlink: Netlink, pair: Callable[..., IpContext]
+) -> None:
+    client_ns, nse_ns = await host.netns(), await host.netns()
+    dead, alive = owner_name(), owner_name()
+    old_plane, new_plane = DataPlane(netlink), DataPlane(netlink)
+    with trio.fail_after(BOUND):
+        old = await old_plane.ensure(
+            None, wire_spec(old_plane, dead, client_ns, nse_ns, pair(52)), hop=dead, service="icmp"
+        )
+        spec = wire_spec(new_plane, alive, client_ns, nse_ns, pair(52))
+        new = await new_plane.ensure(None, spec, hop=alive, service="icmp")
+        links = await host.links(client_ns)
+        assert links["nsm-1"]["ifalias"] == f"trionsm:{alive}:nsc-1"
+        assert links["nsm-1"]["ifindex"] == new.kernel.client.index != old.kernel.client.index
+        await old_plane.remove(old, hop=dead)  # the old forwarder's Close, late
+        assert ifindexes(await host.links(client_ns)) == ifindexes(links)
+        assert len(await host.links(nse_ns)) == 2
+        await new_plane.remove(new, hop=alive)
+        assert sorted(await host.links(client_ns)) == ["lo"]
+        assert sorted(await host.links(nse_ns)) == ["lo"]
+
+
+async def test_a_name_held_by_another_connection_or_not_by_trionsm_is_refused_naming_its_owner(
+    host: Host, netlink: Netlink, pair: Callable[..., IpContext]
+) -> None:
+    client_ns, nse_ns, foreign_ns = await host.netns(), await host.netns(), await host.netns()
+    other, mine = owner_name(), owner_name()
+    plane = DataPlane(netlink)
+    await host.run(foreign_ns, "link", "add", "nsm-1", "type", "veth", "peer", "name", "theirs")
+    with trio.fail_after(BOUND):
+        await create_kernel_wire(
+            "nsc-other",
+            client_ns,
+            "nsm-1",
+            nse_ns,
+            "",
+            ip_context=pair(53),
+            owner=other,
+            netlink=netlink,
+        )
+        for adopt in (False, True):
+            spec = wire_spec(plane, mine, client_ns, nse_ns, pair(54))
+            with pytest.raises(AlreadyExists) as caught:
+                await plane.ensure(None, spec, hop=mine, service="icmp", adopt=adopt)
+            assert f"is taken by forwarder {other!r}'s wire of connection 'nsc-other'" in str(
+                caught.value
+            )
+            spec = wire_spec(plane, mine, foreign_ns, nse_ns, pair(54))
+            with pytest.raises(AlreadyExists, match="an interface that trionsm did not make"):
+                await plane.ensure(None, spec, hop=mine, service="icmp", adopt=adopt)
+        assert (await host.links(client_ns))["nsm-1"]["ifalias"] == f"trionsm:{other}:nsc-other"
+        assert "ifalias" not in (await host.links(foreign_ns))["nsm-1"]
+        assert len(await host.links(nse_ns)) == 2  # the other connection's end only
