@@ -61,7 +61,7 @@ async def links(netns: str) -> dict[str, dict[str, Any]]:
     return {link["ifname"]: link for link in json.loads(done.stdout)}
 
 
-async def kernel_node(mesh: ProcessMesh, nse_netns: str) -> None:
+async def kernel_node(mesh: ProcessMesh, nse_netns: str, mtu: int | None = None) -> None:
     """A registry process, nsmgr-0 on it, forwarder-0 (KERNEL) and nse-1 in ``nse_netns``."""
     await mesh.add_registry()
     await mesh.add_nsmgr("nsmgr-0", registry="registry")
@@ -75,6 +75,7 @@ async def kernel_node(mesh: ProcessMesh, nse_netns: str) -> None:
                 nsmgr="nsmgr-0",
                 cidr=POOLS["nse-1"],
                 netns=nse_netns,
+                mtu=mtu,
             )
         )
 
@@ -93,7 +94,13 @@ async def test_kernel_wire_pings_heals_after_the_endpoint_dies_and_goes_on_close
             client_ns, nse1_ns, nse2_ns = [await mesh.add_netns() for _ in range(3)]
             await kernel_node(mesh, nse1_ns)
             nsc = await mesh.add_nsc(
-                "nsc-1", "kernel://icmp/nsm-1", nsmgr="nsmgr-0", netns=client_ns, json=True
+                "nsc-1",
+                "kernel://icmp/nsm-1",
+                nsmgr="nsmgr-0",
+                netns=client_ns,
+                json=True,
+                liveness_interval="100ms",
+                liveness_timeout="500ms",
             )
             connected = event(nsc.lines[0])
             assert connected["endpoint"] == "nse-1"
@@ -136,18 +143,18 @@ async def test_kernel_wire_pings_heals_after_the_endpoint_dies_and_goes_on_close
         assert mesh.leaks() == []
 
 
-async def test_nsc_once_with_mtu_and_a_killed_nsc_is_a_leak_the_mesh_reports() -> None:
-    """``trionsm nsc --once --mtu`` makes the wire with that MTU and removes it on exit; an NSC
-    killed with SIGKILL leaves its wire until expiry, and the mesh's leak check says so."""
+async def test_nsc_once_mtus_and_a_wire_left_is_a_leak_the_mesh_reports() -> None:
+    """``trionsm nsc --once`` makes the wire and removes it on exit; the wire's MTU is the
+    smallest of the endpoint's ``--mtu`` and the client's; a wire nobody removes (its NSC and
+    its forwarder SIGKILLed) is a leak the mesh reports."""
     with trio.fail_after(BOUND):
         async with open_process_mesh(kernel=True) as mesh:
             client_ns, nse_ns = await mesh.add_netns(), await mesh.add_netns()
-            await kernel_node(mesh, nse_ns)
+            await kernel_node(mesh, nse_ns, mtu=1400)
             nsmgr = mesh.url("nsmgr-0")
             once = await mesh.run(
-                "nsc", "kernel://icmp/eth9", "--nsmgr", nsmgr, "--netns", client_ns,
-                "--mtu", "1300", "--once",
-            )  # fmt: skip
+                "nsc", "kernel://icmp/eth9", "--nsmgr", nsmgr, "--netns", client_ns, "--once"
+            )
             assert once.returncode == 0, once.stderr
             lines = once.stdout.decode().splitlines()
             assert lines[0].startswith("connected nse-1 src=169.254.110.1/32,fd00::110:1/128 ")
@@ -155,14 +162,23 @@ async def test_nsc_once_with_mtu_and_a_killed_nsc_is_a_leak_the_mesh_reports() -
             assert lines[1].startswith("closed nse-1 ")
             assert await mesh.wires() == []
 
+            await mesh.add_nsc("nsc-2", "kernel://icmp/nsm-2", nsmgr="nsmgr-0", netns=client_ns)
             await mesh.add_nsc(
-                "nsc-2", "kernel://icmp/nsm-2", nsmgr="nsmgr-0", netns=client_ns, mtu=1300
+                "nsc-3", "kernel://icmp/nsm-3", nsmgr="nsmgr-0", netns=client_ns, mtu=1300
             )
-            assert (await links(client_ns))["nsm-2"]["mtu"] == 1300
-            assert await mesh.kill("nsc-2") == -9  # no Close: the wire stays until expiry
+            client_links = await links(client_ns)
+            assert client_links["nsm-2"]["mtu"] == 1400  # the endpoint's
+            assert client_links["nsm-3"]["mtu"] == 1300  # the client's, the smaller
+            alias = client_links["nsm-3"]["ifalias"]
+            await stop_all(mesh, "nsc-2")
+            assert "nsm-2" not in await links(client_ns)
+            # Two crashes, so nothing removes nsc-3's wire: its client and its forwarder.
+            assert await mesh.kill("nsc-3") == -9
+            assert await mesh.kill("forwarder-0") == -9
             left = await mesh.wires()
             assert len(left) == 2
-            await stop_all(mesh, "nse-1", "forwarder-0", "nsmgr-0", "registry")
+            assert all(wire.endswith(f" {alias}") for wire in left)
+            await stop_all(mesh, "nse-1", "nsmgr-0", "registry")
         assert sorted(mesh.leaks()) == sorted(f"left behind: {wire}" for wire in left)
 
 
