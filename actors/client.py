@@ -2,7 +2,12 @@
 
 Theory of operation. ``open_connection("noop://icmp-responder/nsm-1?app=foo", nsmgr=url)``
 requests the service through the node's nsmgr and yields a :class:`ClientConnection` once the
-first Request succeeded (it is retried until ``request_timeout``). The connection's own task then
+first Request succeeded. The first Request is retried every 200 ms until ``request_timeout`` when
+it fails for a reason that may pass (the nsmgr or a hop unreachable or not serving yet, a timeout,
+a bound hit, and NotFound: as in NSM, an endpoint or service may register after the client
+starts, so a misspelt service fails only at the timeout, with NotFound naming it); a caller error
+(:data:`CALLER_ERRORS`: a malformed request, a refused identity, a mechanism no hop can serve)
+fails at once with its typed error. The connection's own task then
 runs a nursery with the refresh timer, the monitor watcher and, when a ``liveness`` check is
 given, the data-plane watcher:
 
@@ -59,7 +64,16 @@ from trionsm.api.connection import (
 )
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.clock import Clock, current_clock
-from trionsm.errors import DeadlineExceeded, InvalidArgument, TrionsmError
+from trionsm.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    TrionsmError,
+    Unauthenticated,
+    Unimplemented,
+)
 from trionsm.identity import JwtTokenProvider, TokenProvider, client_metadata
 from trionsm.transport import Client, open_client
 
@@ -72,6 +86,7 @@ if TYPE_CHECKING:
     from trionsm.kernel import Netlink
 
 __all__ = [
+    "CALLER_ERRORS",
     "DEFAULT_LIVENESS_INTERVAL",
     "DEFAULT_LIVENESS_TIMEOUT",
     "DEFAULT_NSMGR_URL",
@@ -91,6 +106,15 @@ DEFAULT_LIVENESS_INTERVAL: Final = 0.2
 """Seconds between liveness checks (NSM's sdk default, 200 ms)."""
 DEFAULT_LIVENESS_TIMEOUT: Final = 1.0
 """Seconds one liveness check may take before it counts as dead (cmd-nsc's 1 s)."""
+CALLER_ERRORS: Final = (
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+    FailedPrecondition,
+    Unimplemented,
+    AlreadyExists,
+)
+"""Errors the first Request does not retry: asking again the same way cannot succeed."""
 _ids = itertools.count(1)
 
 LivenessCheck = Callable[[Connection], Awaitable[bool]]
@@ -244,7 +268,8 @@ class ClientConnection:
         return restore_hop(reply, 0)
 
     async def _request_until(self, connection: Connection, deadline: float) -> Connection:
-        """Request until one succeeds or ``deadline`` passes (then the last error)."""
+        """Request until one succeeds or ``deadline`` passes (then the last error); a caller
+        error (:data:`CALLER_ERRORS`) is raised at once."""
         last: TrionsmError | None = None
         while True:
             try:
@@ -257,6 +282,8 @@ class ClientConnection:
                     hop=self._name,
                     service=connection.network_service,
                 ) from last
+            except CALLER_ERRORS:
+                raise
             except TrionsmError as exc:
                 last = exc
             if trio.current_time() + RETRY_INTERVAL >= deadline:
@@ -455,7 +482,8 @@ async def open_connection(
         labels: extra request labels (merged over the URL's).
         name: this client's path segment name (default ``nsc-<pid>``).
         connection_id: the first segment's id (default ``<name>-<n>``, as cmd-nsc does).
-        request_timeout: how long the first Request is retried, and each Request's bound.
+        request_timeout: how long the first Request is retried (transient failures only),
+            and each Request's bound.
         reselect: how a heal changes the connection before requesting again.
         netns: for ``kernel://``: the network namespace the interface goes into, as an
             ``inodeURL`` (``file:///run/netns/<name>``, ``file:///proc/<pid>/ns/net``), put in
@@ -476,7 +504,8 @@ async def open_connection(
     Raises:
         InvalidArgument: a bad URL, interface name or MTU; ``netns`` or ``mtu`` for another
             mechanism than KERNEL.
-        TrionsmError: the first Request's last error when it never succeeded.
+        TrionsmError: a caller error (:data:`CALLER_ERRORS`) of the first Request at once;
+            otherwise its last error when it never succeeded within ``request_timeout``.
     """
     target = parse_nsurl(url)
     preference = target.to_mechanism()

@@ -10,8 +10,18 @@ import pytest
 import trio
 
 from trionsm.actors.client import EventKind
+from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import Destination, Match, NetworkService
-from trionsm.errors import NotFound, Unavailable
+from trionsm.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TrionsmError,
+    Unauthenticated,
+    Unavailable,
+)
 from trionsm.scenario import Mesh, open_mesh
 
 
@@ -122,3 +132,62 @@ async def test_no_forwarder_is_unavailable_naming_the_node(autojump_clock: objec
         with pytest.raises(Unavailable, match="nsmgr-0"):
             async with mesh.connect("noop://icmp/nsm-1", request_timeout=1.0):
                 pass
+
+
+def refuse(mesh: Mesh, error: type[TrionsmError], times: int) -> list[int]:
+    """Make nsmgr-0 refuse its next ``times`` Requests with ``error``; returns the attempts."""
+    nsmgr = mesh.parts["nsmgr-0"].handle.nsmgr
+    attempts = [0]
+
+    async def hook(request: NetworkServiceRequest) -> None:
+        attempts[0] += 1
+        if attempts[0] <= times:
+            raise error("refused by the test", hop=nsmgr.name, service="icmp")
+
+    nsmgr.before_request = hook
+    return attempts
+
+
+@pytest.mark.parametrize(
+    "error", [InvalidArgument, PermissionDenied, Unauthenticated, FailedPrecondition]
+)
+async def test_a_caller_error_fails_the_first_request_at_once(
+    autojump_clock: object, error: type[TrionsmError]
+) -> None:
+    async with open_mesh() as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp")
+        attempts = refuse(mesh, error, times=1)
+        with pytest.raises(error, match="refused by the test"):
+            async with mesh.connect("noop://icmp/nsm-1", request_timeout=15.0):
+                pass
+        assert attempts == [1]  # not retried: the request itself is wrong
+
+
+@pytest.mark.parametrize("error", [Unavailable, DeadlineExceeded, NotFound])
+async def test_a_transient_error_is_retried_until_the_first_request_succeeds(
+    autojump_clock: object, error: type[TrionsmError]
+) -> None:
+    async with open_mesh() as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp")
+        attempts = refuse(mesh, error, times=3)
+        async with mesh.connect("noop://icmp/nsm-1", request_timeout=15.0) as conn:
+            assert names(conn)[-1] == "nse-1"
+        assert attempts == [4]
+
+
+async def test_an_endpoint_that_registers_late_is_found_by_the_retried_first_request(
+    autojump_clock: object,
+) -> None:
+    """NotFound is retried, as NSM does: the endpoint may register after the client starts."""
+    async with open_mesh() as mesh, trio.open_nursery() as nursery:
+
+        async def late() -> None:
+            await trio.sleep(2.0)
+            await mesh.register_service("icmp")
+            await mesh.add_endpoint("nse-1", "icmp")
+
+        nursery.start_soon(late)
+        async with mesh.connect("noop://icmp/nsm-1", request_timeout=15.0) as conn:
+            assert names(conn)[-1] == "nse-1"
