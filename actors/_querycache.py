@@ -3,10 +3,15 @@
 Theory of operation. Discovery asks the registry the same few questions on every Request (this
 service, its endpoints, this node's forwarders). :class:`QueryCache` answers them from memory: the
 first time a query is asked it is answered by a plain Find (so the answer is complete), and a
-background Find(watch=true) for the same query then keeps the cached entries current (updates
-and deletions). A query unused for :data:`IDLE` seconds is dropped with its watch. When a watch
-breaks, its query is dropped, so the next use asks the registry again. Answers are lists of the
-registry's messages, shared read-only.
+background Find(watch=true) for the same query is opened; the cached entries are exactly what
+that watch reported (its initial state, then every update and deletion, in order), never what a
+plain Find said, so an entry deleted before the watch began (between the Find and the watch)
+cannot stay cached. The cache answers from the watch once it is *ready*: once the watch has
+reported every entry of the latest plain Find (an entry deleted meanwhile never is, so until then
+each use asks the registry again, with a plain Find whose answer is the new bar; a Find that found
+nothing is met at once). A query unused for :data:`IDLE` seconds is dropped with its watch. When
+a watch breaks, its query is dropped, so the next use asks the registry again. Answers are lists
+of the registry's messages, shared read-only.
 """
 
 from __future__ import annotations
@@ -36,9 +41,45 @@ M = TypeVar("M")
 
 class _Query(Generic[M]):
     def __init__(self) -> None:
-        self.entries: dict[str, M] = {}
+        self.entries: dict[str, M] = {}  # what the watch reported
         self.used = trio.current_time()
         self.scope = trio.CancelScope()
+        self.wanted: set[str] | None = set()  # names of the latest Find not yet reported
+        self.reported: set[str] = set()  # names the watch reported, until it is ready
+
+    @property
+    def ready(self) -> bool:
+        return self.wanted is None
+
+    def expect(self, names: set[str]) -> None:
+        """A plain Find found ``names``: ready once the watch has reported each of them."""
+        if self.wanted is not None:
+            self.wanted = names - self.reported
+            self._check()
+
+    def apply(self, name: str, value: M, deleted: bool) -> None:
+        """One answer of the watch, in order."""
+        if deleted:
+            self.entries.pop(name, None)
+        else:
+            self.entries[name] = value
+        if self.wanted is not None:
+            self.reported.add(name)
+            self.wanted.discard(name)
+            self._check()
+
+    def _check(self) -> None:
+        if not self.wanted:
+            self.wanted = None
+            self.reported = set()
+
+
+class _Filling:
+    """One caller's plain Find, shared with the callers that asked meanwhile."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.found: dict[str, Any] | None = None
 
 
 class QueryCache:
@@ -56,29 +97,29 @@ class QueryCache:
         self._bound = bound
         self._endpoints: dict[bytes, _Query[NetworkServiceEndpoint]] = {}
         self._services: dict[str, _Query[NetworkService]] = {}
-        self._filling: dict[Any, trio.Event] = {}
+        self._filling: dict[Any, _Filling] = {}
         self.hits = 0
         self.misses = 0
 
     async def endpoints(self, query: NetworkServiceEndpoint) -> list[NetworkServiceEndpoint]:
         """The registered endpoints matching ``query`` (cached after the first call)."""
-        cached = await self._get(
+        entries = await self._get(
             self._endpoints,
             bytes(query),
             lambda: self._read("endpoint", query, watch=False),
             self._watcher("endpoint", query),
         )
-        return list(cached.entries.values())
+        return list(entries.values())
 
     async def service(self, name: str) -> NetworkService | None:
         """The registered network service ``name`` (cached after the first call), or None."""
-        cached = await self._get(
+        entries = await self._get(
             self._services,
             name,
             lambda: self._read("service", name, watch=False),
             self._watcher("service", name),
         )
-        return cached.entries.get(name)
+        return entries.get(name)
 
     async def _get(
         self,
@@ -86,31 +127,35 @@ class QueryCache:
         key: Any,
         find: Callable[[], Awaitable[list[tuple[str, Any, bool]]]],
         watch: Callable[[_Query[Any]], Awaitable[None]],
-    ) -> _Query[Any]:
-        """The cached query ``key``; on a miss one caller Finds while the others wait for it."""
-        while True:
-            cached = table.get(key)
-            if cached is not None:
-                self.hits += 1
-                cached.used = trio.current_time()
-                return cached
-            filling = self._filling.get(key)
-            if filling is None:
-                break
-            await filling.wait()  # another caller is asking the registry: share its answer
+    ) -> dict[str, Any]:
+        """The entries of query ``key``: from its watch once ready, else from a plain Find (one
+        caller Finds while the others wait for its answer)."""
+        cached = table.get(key)
+        if cached is not None and cached.ready:
+            self.hits += 1
+            cached.used = trio.current_time()
+            return cached.entries
+        filling = self._filling.get(key)
+        if filling is not None:  # another caller is asking the registry: share its answer
+            await filling.done.wait()
+            if filling.found is not None:
+                return filling.found
+            return await self._get(table, key, find, watch)
         self.misses += 1
-        self._filling[key] = filling = trio.Event()
+        self._filling[key] = filling = _Filling()
         try:
-            query: _Query[Any] = _Query()
-            for name, value, deleted in await find():
-                if not deleted:
-                    query.entries[name] = value
-            table[key] = query
-            self._nursery.start_soon(self._follow, table, key, query, watch)
-            return query
+            found = {name: value for name, value, deleted in await find() if not deleted}
+            cached = table.get(key)
+            if cached is None:
+                cached = table[key] = _Query()
+                self._nursery.start_soon(self._follow, table, key, cached, watch)
+            cached.used = trio.current_time()
+            cached.expect(set(found))
+            filling.found = found
+            return found
         finally:
             del self._filling[key]
-            filling.set()
+            filling.done.set()
 
     async def _follow(
         self,
@@ -160,10 +205,8 @@ class QueryCache:
                     continue
                 if into is None:
                     found.append((entry.name, entry, response.deleted))
-                elif response.deleted:
-                    into.entries.pop(entry.name, None)
                 else:
-                    into.entries[entry.name] = entry
+                    into.apply(entry.name, entry, response.deleted)
         return found
 
     def _watcher(self, kind: str, key: Any) -> Callable[[_Query[Any]], Awaitable[None]]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
+from typing import Any
 
 import trio
 from trio.testing import wait_all_tasks_blocked
@@ -62,4 +65,63 @@ async def test_a_broken_watch_drops_the_query(autojump_clock: object) -> None:
             await wait_all_tasks_blocked()
             assert [e.name for e in await cache.endpoints(BY_SERVICE)] == ["a"]
             assert cache.misses == 2
+        nursery.cancel_scope.cancel()
+
+
+class DeleteBeforeWatch:
+    """A client whose first Find(watch=true) waits until ``before_watch`` ran (a deletion
+    injected between the cache's first Find and its watch)."""
+
+    def __init__(self, client: Any, before_watch: Callable[[], Awaitable[None]]) -> None:
+        self._client = client
+        self._before_watch: Callable[[], Awaitable[None]] | None = before_watch
+        self.ns_registry = self._Registry(self, client.ns_registry)
+        self.nse_registry = self._Registry(self, client.nse_registry)
+
+    class _Registry:
+        def __init__(self, outer: DeleteBeforeWatch, registry: Any) -> None:
+            self._outer = outer
+            self._registry = registry
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._registry, name)
+
+        @asynccontextmanager
+        async def find(self, query: Any, **options: Any) -> AsyncIterator[Any]:
+            hook, self._outer._before_watch = self._outer._before_watch, None
+            if query.watch and hook is not None:
+                await hook()
+            else:
+                self._outer._before_watch = hook
+            async with self._registry.find(query, **options) as stream:
+                yield stream
+
+
+async def test_an_entry_deleted_between_the_first_find_and_the_watch_is_not_kept(
+    autojump_clock: object,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(serve_registry, "inproc://qc-3", expiry=600.0))
+        async with open_client("inproc://qc-3", roundtrip_bytes=True) as client:
+            await client.nse_registry.register(nse("a"))
+            await client.nse_registry.register(nse("b"))
+            await client.ns_registry.register(NetworkService(name="icmp"))
+
+            async def delete() -> None:
+                await client.nse_registry.unregister(nse("a"))
+                await client.ns_registry.unregister(NetworkService(name="icmp"))
+
+            cache = QueryCache(nursery, DeleteBeforeWatch(client, delete))  # type: ignore[arg-type]
+            assert sorted(e.name for e in await cache.endpoints(BY_SERVICE)) == ["a", "b"]
+            await wait_all_tasks_blocked()  # "a" was deleted before the watch began
+            assert [e.name for e in await cache.endpoints(BY_SERVICE)] == ["b"]
+            assert [e.name for e in await cache.endpoints(BY_SERVICE)] == ["b"]
+            assert cache.hits >= 1  # and the watch now answers
+
+            cache = QueryCache(nursery, DeleteBeforeWatch(client, delete))  # type: ignore[arg-type]
+            await client.ns_registry.register(NetworkService(name="icmp"))
+            await client.nse_registry.register(nse("a"))
+            assert await cache.service("icmp") is not None
+            await wait_all_tasks_blocked()
+            assert await cache.service("icmp") is None
         nursery.cancel_scope.cancel()
