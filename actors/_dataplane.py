@@ -59,8 +59,7 @@ from trionsm.errors import AlreadyExists, FailedPrecondition, InvalidArgument, T
 from ._mechanisms import KERNEL, VXLAN, Param, check_interface_name, describe, vxlan_port
 
 if TYPE_CHECKING:
-    from trionsm.kernel import KernelWire, Netlink, NetlinkLimits, VxlanEnd
-    from trionsm.kernel._wireplan import WireAlias
+    from trionsm.kernel import KernelWire, Netlink, NetlinkLimits, VxlanEnd, WireAlias
 
 __all__ = ["DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
 
@@ -396,8 +395,7 @@ class DataPlane:
         Raises:
             AlreadyExists: a name is held by anything else (naming its owner).
         """
-        from trionsm.kernel import plan_wire
-        from trionsm.kernel._reconcile import inspect_wire, lookup, remove_interfaces
+        from trionsm.kernel import inspect_wire, lookup, plan_wire, remove_interfaces
 
         if isinstance(spec, WireSpec):
             plan = plan_wire(
@@ -469,7 +467,7 @@ class DataPlane:
         Raises:
             TrionsmError: the kernel refused a deletion (naming the wire and the cause).
         """
-        from trionsm.kernel._reconcile import remove_interfaces
+        from trionsm.kernel import remove_interfaces
 
         ends = [(end.namespace, end.index, wire.spec.alias) for end in wire.kernel.ends]
         try:
@@ -497,7 +495,7 @@ def _made(spec: WireSpec | VxlanSpec, kernel: KernelWire | VxlanEnd) -> Wire:
 
 
 def _alias(connection_id: str, owner: str) -> str:
-    from trionsm.kernel._wireplan import alias_for
+    from trionsm.kernel import alias_for
 
     return alias_for(connection_id, owner)
 

@@ -31,8 +31,7 @@ import attrs
 import trio
 
 if TYPE_CHECKING:
-    from trionsm.kernel import Netlink
-    from trionsm.kernel._reconcile import Interface
+    from trionsm.kernel import Interface, Netlink
 
 __all__ = ["DEFAULT_RECONCILE_GRACE", "Reconciler", "serve_reconcile"]
 
@@ -133,7 +132,7 @@ async def serve_reconcile(
     Raises:
         TrionsmError: the kernel refused a removal (the supervisor runs it again: a new scan).
     """
-    from trionsm.kernel._reconcile import remove_interfaces, scan_namespaces
+    from trionsm.kernel import remove_interfaces, scan_namespaces
 
     task_status.started(reconciler)
     found = await scan_namespaces(reconciler.owner, namespaces=namespaces, hop=hop, netlink=netlink)

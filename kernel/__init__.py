@@ -6,7 +6,7 @@ Map:
   ``file:///run/netns/<name>``, ``inode://<dev>/<ino>``) into a :class:`Namespace`;
   :func:`inode_url` names a namespace file as ``inode://<dev>/<ino>``.
 * :func:`create_kernel_wire` makes a connection's veth pair between the client's and the
-  endpoint's namespace (names, alias ``trionsm:<connection id>``, MTU, addresses, routes,
+  endpoint's namespace (names, alias ``trionsm:<owner>:<connection id>``, MTU, addresses, routes,
   neighbours, policy routes) and returns a :class:`KernelWire` of two :class:`WireEnd`;
   :func:`remove_wire` deletes a connection's interfaces by alias; :func:`check_wire` says whether
   a wire is still whole (a refresh); :func:`list_wires` lists the :class:`WireInterface` carrying
@@ -16,6 +16,12 @@ Map:
   (:class:`VxlanEnd`); the kernel's refusal of a VNI already used in that underlay is
   :class:`VniInUse`; :func:`vxlan_macs` derives both sides' MAC addresses from the tunnel.
   ``remove_wire``, ``check_wire`` and ``list_wires`` take vxlan ends as well.
+* Reconcile: :func:`alias_for` / :func:`parse_alias` (:class:`WireAlias`) write and read the
+  alias naming the forwarder that made an interface and the NSC's connection id;
+  :func:`scan_namespaces` finds a forwarder's :class:`Interface` s in every namespace of the
+  host; :func:`inspect_wire` compares the interfaces a plan names with it (an
+  :class:`Inspection`: adopt as it is, or why not) and :func:`lookup` reads one;
+  :func:`remove_interfaces` removes exactly (namespace, index and alias).
 * :func:`ping` and :func:`check_liveness`: ICMP echo from inside a namespace (NSM's kernel
   liveness check: every src/dst pair, ``LIVENESS_PACKETS`` echoes over ``LIVENESS_TIMEOUT``).
 * :class:`Netlink`, from :func:`open_netlink` (owned, closed on exit) or :func:`current_netlink`
@@ -32,8 +38,8 @@ Guarantees:
 * Kernel work for different connections runs concurrently; creations (``SETUP``), removals
   (``TEARDOWN``) and pings (``PROBE``) have separate capacities, so a request never queues behind
   a backlog of teardowns.
-* Every interface we create carries the alias ``trionsm:<connection id>``; a failed or cancelled
-  :func:`create_kernel_wire` leaves nothing behind.
+* Every interface we create carries the alias ``trionsm:<owner>:<connection id>``; a failed or
+  cancelled :func:`create_kernel_wire` leaves nothing behind.
 * Failures are :mod:`trionsm.errors` classes naming the hop, the namespace, the interface and the
   cause: InvalidArgument (bad input, before any change), NotFound and PermissionDenied
   (namespaces), AlreadyExists (a taken name or address).
@@ -45,6 +51,14 @@ from __future__ import annotations
 from ._netlink import Lane, Netlink, NetlinkLimits, NetlinkStatistics, current_netlink, open_netlink
 from ._netns import Namespace, inode_url, resolve_namespace
 from ._ping import LIVENESS_INTERVAL, LIVENESS_PACKETS, LIVENESS_TIMEOUT, check_liveness, ping
+from ._reconcile import (
+    Inspection,
+    Interface,
+    inspect_wire,
+    lookup,
+    remove_interfaces,
+    scan_namespaces,
+)
 from ._veth import (
     KernelWire,
     WireEnd,
@@ -63,7 +77,16 @@ from ._vxlan import (
     create_vxlan_end,
     vxlan_macs,
 )
-from ._wireplan import ALIAS_PREFIX, DEFAULT_CLIENT_IFNAME, IFNAME_MAX, WirePlan, plan_wire
+from ._wireplan import (
+    ALIAS_PREFIX,
+    DEFAULT_CLIENT_IFNAME,
+    IFNAME_MAX,
+    WireAlias,
+    WirePlan,
+    alias_for,
+    parse_alias,
+    plan_wire,
+)
 
 __all__ = [
     "ALIAS_PREFIX",
@@ -74,6 +97,8 @@ __all__ = [
     "LIVENESS_PACKETS",
     "LIVENESS_TIMEOUT",
     "MAX_VNI",
+    "Inspection",
+    "Interface",
     "KernelWire",
     "Lane",
     "Namespace",
@@ -83,20 +108,27 @@ __all__ = [
     "Side",
     "VniInUse",
     "VxlanEnd",
+    "WireAlias",
     "WireEnd",
     "WireInterface",
     "WirePlan",
+    "alias_for",
     "check_liveness",
     "check_wire",
     "create_kernel_wire",
     "create_vxlan_end",
     "current_netlink",
     "inode_url",
+    "inspect_wire",
     "list_wires",
+    "lookup",
     "open_netlink",
+    "parse_alias",
     "ping",
     "plan_wire",
+    "remove_interfaces",
     "remove_wire",
     "resolve_namespace",
+    "scan_namespaces",
     "vxlan_macs",
 ]

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from trionsm.actors._reconcile import DEFAULT_RECONCILE_GRACE, Reconciler
+from trionsm.kernel import Interface, WireAlias, alias_for, parse_alias
 from trionsm.kernel._netns import Namespace
-from trionsm.kernel._reconcile import Interface
-from trionsm.kernel._wireplan import WireAlias, alias_for, parse_alias
 
 NS_A = Namespace(url="file:///run/netns/a", path="/run/netns/a", dev=4, ino=100)
 NS_B = Namespace(url="file:///run/netns/b", path="/run/netns/b", dev=4, ino=200)

@@ -26,8 +26,15 @@ from trionsm.actors.client import ClientConnection, EventKind
 from trionsm.api.connectioncontext import ConnectionContext, IpContext, PolicyRoute, Route
 from trionsm.api.registry import Match, Metadata, NetworkService
 from trionsm.errors import AlreadyExists
-from trionsm.kernel import Netlink, create_kernel_wire, ping, plan_wire
-from trionsm.kernel._reconcile import inspect_wire, remove_interfaces, scan_namespaces
+from trionsm.kernel import (
+    Netlink,
+    create_kernel_wire,
+    inspect_wire,
+    ping,
+    plan_wire,
+    remove_interfaces,
+    scan_namespaces,
+)
 from trionsm.scenario import Mesh, open_mesh
 
 from .conftest import Host
