@@ -267,20 +267,26 @@ class Supervisor:
         return info
 
     def _locate(self, path: str) -> tuple[Supervisor, str]:
-        parts = path.split("/")
-        if len(parts) > 1:
-            if parts[0] != self.name:
-                raise ChildNotFound(path)
-            parts = parts[1:]
+        """The supervisor holding the child at ``path`` and that child's id.
+
+        Child ids may contain ``/``: at each level the longest id that the rest of the path
+        starts with is taken.
+        """
+        rest = path
+        if rest.startswith(f"{self.name}/"):
+            rest = rest[len(self.name) + 1 :]
+        elif "/" in rest and rest not in self._by_id:
+            raise ChildNotFound(path)
         owner: Supervisor = self
-        for part in parts[:-1]:
-            child = owner._by_id.get(part)
+        while rest not in owner._by_id:
+            prefixes = [i for i in owner._by_id if rest.startswith(f"{i}/")]
+            child = owner._by_id[max(prefixes, key=len)] if prefixes else None
             run = child.run if child is not None else None
             inner = nested_supervisor(run.value) if run is not None and run.started else None
-            if inner is None:
+            if child is None or inner is None:
                 raise ChildNotFound(path)
-            owner = inner
-        return owner, parts[-1]
+            owner, rest = inner, rest[len(child.id) + 1 :]
+        return owner, rest
 
     def which_children(self) -> list[ChildInfo]:
         """A snapshot of every child, in start order (OTP's ``which_children``)."""

@@ -126,3 +126,14 @@ async def test_crashes_count_against_the_restart_intensity() -> None:
     with trio.fail_after(10), pytest.raises(RestartIntensityExceeded, match="'kernel'"):
         await crash_once()
     assert worker.starts == 1
+
+
+async def test_child_ids_may_contain_slashes() -> None:
+    worker = Worker()
+    with trio.fail_after(10):
+        spec = ChildSpec("listen:unix:///run/x.sock", worker.run)
+        async with open_supervisor([spec], name="node") as node:
+            await node.crash_child("node/listen:unix:///run/x.sock")
+            assert node.which_children()[0].restarts == 1
+            with pytest.raises(ChildNotFound):
+                await node.crash_child("node/listen:unix:///run")
