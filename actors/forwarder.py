@@ -6,7 +6,10 @@
     ├── connections     SIMPLE_ONE_FOR_ONE ServerConnection per connection id (TEMPORARY)
     ├── peers           clients and monitor streams to next hops (endpoints, remote nsmgrs)
     ├── server          NetworkService + MonitorConnection (+ Health)
-    └── lease           registered at its nsmgr as service ``forwarder``, label ``p2p=true``
+    ├── lease           registered at its nsmgr as service ``forwarder``, label ``p2p=true``
+    └── reconcile       with a data plane (TRANSIENT): its leftovers from a previous life are
+                        adopted by the re-requests that describe them, the rest removed after
+                        ``reconcile_grace`` (``_reconcile``)
 
 Per Request (NSM's forwarder chain, as pure steps around one call): negotiate the incoming
 mechanism; discover the candidates: the endpoint named in the request (a refresh or heal without

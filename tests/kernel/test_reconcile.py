@@ -27,6 +27,7 @@ from trionsm.api.connectioncontext import ConnectionContext, IpContext, PolicyRo
 from trionsm.api.registry import Match, Metadata, NetworkService
 from trionsm.errors import AlreadyExists
 from trionsm.kernel import (
+    KernelWire,
     Netlink,
     create_kernel_wire,
     inspect_wire,
@@ -47,6 +48,31 @@ BOUND = 30.0
 
 def owner_name() -> str:
     return f"fwd-{secrets.token_hex(3)}"
+
+
+async def made(
+    netlink: Netlink,
+    owner: str,
+    connection_id: str,
+    client_ns: str,
+    nse_ns: str,
+    context: IpContext,
+    *,
+    ifname: str = "nsm-1",
+    mtu: int = 0,
+) -> KernelWire:
+    """A wire ``owner`` made for ``connection_id`` (the endpoint's end named after it)."""
+    return await create_kernel_wire(
+        connection_id,
+        client_ns,
+        ifname,
+        nse_ns,
+        "",
+        mtu=mtu,
+        ip_context=context,
+        owner=owner,
+        netlink=netlink,
+    )
 
 
 def policy_context(pair: Callable[..., IpContext], i: int) -> IpContext:
@@ -70,27 +96,8 @@ async def test_a_made_wire_is_found_by_its_owner_and_inspects_as_exactly_its_pla
     owner, other = owner_name(), owner_name()
     context = policy_context(pair, 40)
     with trio.fail_after(BOUND):
-        wire = await create_kernel_wire(
-            "nsc-1",
-            client_ns,
-            "nsm-1",
-            nse_ns,
-            "",
-            mtu=1400,
-            ip_context=context,
-            owner=owner,
-            netlink=netlink,
-        )
-        await create_kernel_wire(
-            "nsc-2",
-            client_ns,
-            "nsm-2",
-            nse_ns,
-            "",
-            ip_context=pair(41),
-            owner=other,
-            netlink=netlink,
-        )
+        wire = await made(netlink, owner, "nsc-1", client_ns, nse_ns, context, mtu=1400)
+        await made(netlink, other, "nsc-2", client_ns, nse_ns, pair(41), ifname="nsm-2")
         plan = plan_wire("nsc-1", "nsm-1", "", mtu=1400, ip_context=context, hop=None, owner=owner)
         seen = await inspect_wire(plan, client_ns, nse_ns, netlink=netlink)
         assert seen.difference == ""
@@ -126,17 +133,7 @@ async def test_a_wire_that_differs_from_the_plan_says_how(
     owner = owner_name()
     context = policy_context(pair, 42)
     with trio.fail_after(BOUND):
-        await create_kernel_wire(
-            "nsc-1",
-            client_ns,
-            "nsm-1",
-            nse_ns,
-            "",
-            mtu=1400,
-            ip_context=context,
-            owner=owner,
-            netlink=netlink,
-        )
+        await made(netlink, owner, "nsc-1", client_ns, nse_ns, context, mtu=1400)
         wanted = {"mtu": 1400, "ip_context": context, "owner": owner, **change}
         if change.get("ip_context") == "other addresses":
             wanted["ip_context"] = pair(43)
@@ -163,31 +160,13 @@ async def test_exact_removal_needs_the_namespace_the_index_and_the_alias(
     client_ns, nse_ns = await host.netns(), await host.netns()
     owner = owner_name()
     with trio.fail_after(BOUND):
-        old = await create_kernel_wire(
-            "nsc-1",
-            client_ns,
-            "nsm-1",
-            nse_ns,
-            "",
-            ip_context=pair(44),
-            owner=owner,
-            netlink=netlink,
-        )
+        old = await made(netlink, owner, "nsc-1", client_ns, nse_ns, pair(44))
         alias = f"trionsm:{owner}:nsc-1"
         ends = [(end.namespace, end.index, alias) for end in old.ends]
         assert await remove_interfaces(ends, netlink=netlink) == 1  # the peer went along
         assert sorted(await host.links(client_ns)) == ["lo"]
         # The same name, the same alias, made again: the old record does not remove it.
-        new = await create_kernel_wire(
-            "nsc-1",
-            client_ns,
-            "nsm-1",
-            nse_ns,
-            "",
-            ip_context=pair(44),
-            owner=owner,
-            netlink=netlink,
-        )
+        new = await made(netlink, owner, "nsc-1", client_ns, nse_ns, pair(44))
         assert new.client.index != old.client.index
         assert await remove_interfaces(ends, netlink=netlink) == 0
         wrong = [(end.namespace, end.index, "trionsm:other:nsc-1") for end in new.ends]
@@ -505,16 +484,7 @@ async def test_a_name_held_by_another_connection_or_not_by_trionsm_is_refused_na
     plane = DataPlane(netlink)
     await host.run(foreign_ns, "link", "add", "nsm-1", "type", "veth", "peer", "name", "theirs")
     with trio.fail_after(BOUND):
-        await create_kernel_wire(
-            "nsc-other",
-            client_ns,
-            "nsm-1",
-            nse_ns,
-            "",
-            ip_context=pair(53),
-            owner=other,
-            netlink=netlink,
-        )
+        await made(netlink, other, "nsc-other", client_ns, nse_ns, pair(53))
         for adopt in (False, True):
             spec = wire_spec(plane, mine, client_ns, nse_ns, pair(54))
             with pytest.raises(AlreadyExists) as caught:
