@@ -137,6 +137,7 @@ async def veth_throughput(mesh: Mesh, nse_netns: str, runs: int, seconds: float)
         "veth_throughput_ratio": round(mesh_median / plain_median, 3),
         "veth_mesh_gbps": round(mesh_median / 1e9, 2),
         "veth_plain_gbps": round(plain_median / 1e9, 2),
+        "veth_run_ratios": [round(m / p, 3) for m, p in zip(mesh_bps, plain_bps, strict=True)],
         "veth_runs": runs,
         "veth_run_seconds": seconds,
     }
