@@ -1,45 +1,151 @@
 """What the server roles share at run time: the connection supervisor, peers, registry lookups.
 
-Each role (nsmgr, forwarder, endpoint) runs a supervised tree whose first children are the
+Each role (nsmgr, forwarder, endpoint) runs a supervised tree (:func:`open_role`, REST_FOR_ONE:
+each child depends on the ones before it) whose first children (:func:`hop_children`) are the
 ``connections`` supervisor (SIMPLE_ONE_FOR_ONE ServerConnection actors) and, for roles with next
-hops, ``peers`` (the clients and monitor streams to the next hops). :func:`serve_connections` and
-:func:`serve_peers` are those children. :func:`find_service` and :func:`find_endpoints` read the
-registry (a client to a registry or an nsmgr) for discovery.
+hops, ``peers`` (the clients and monitor streams to the next hops); its ``server`` child serves
+the role's handlers on every URL (:func:`serve_urls`). Per Request, a role with next hops asks
+its candidates in turn (:func:`first_answer`, each call through :func:`request_at`).
+:func:`find_service` and :func:`find_endpoints` read the registry (a client to a registry or an
+nsmgr) for discovery.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import trio
 
 from trionsm.api.connection import Connection
+from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import (
     NetworkService,
     NetworkServiceEndpoint,
     NetworkServiceEndpointQuery,
     NetworkServiceQuery,
 )
+from trionsm.errors import TrionsmError
 from trionsm.identity import client_metadata
-from trionsm.supervision import Strategy, open_supervisor
-from trionsm.transport import Client
+from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
+from trionsm.transport import Client, serve
 
-from ._connection import CLOSE_TIMEOUT, NextHop, ServerHop
+from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop
 from ._peers import Peers
 from ._querycache import QueryCache
+from ._select import all_failed_error
 
 __all__ = [
     "Discovery",
+    "OnStarted",
     "close_at",
     "find_endpoints",
     "find_service",
+    "first_answer",
+    "hop_children",
+    "open_role",
+    "request_at",
     "serve_connections",
     "serve_peers",
+    "serve_urls",
     "token_metadata",
 ]
 
 CONNECTION_INTENSITY = 100
 """Restarts the connection supervisor tolerates per second (its children are TEMPORARY)."""
+ROLE_INTENSITY: Final = 3
+ROLE_PERIOD: Final = 30.0
+"""A role's tree gives up after more than 3 restarts in 30 s (its process then exits)."""
+
+C = TypeVar("C")
+
+
+@asynccontextmanager
+async def open_role(name: str, children: Sequence[ChildSpec]) -> AsyncIterator[Supervisor]:
+    """A role's supervised tree (REST_FOR_ONE, :data:`ROLE_INTENSITY` in :data:`ROLE_PERIOD`)."""
+    async with open_supervisor(
+        children,
+        strategy=Strategy.REST_FOR_ONE,
+        intensity=ROLE_INTENSITY,
+        period=ROLE_PERIOD,
+        name=name,
+    ) as supervisor:
+        yield supervisor
+
+
+def hop_children(
+    hop: ServerHop, client_options: Mapping[str, Any] | None = None
+) -> list[ChildSpec]:
+    """A role's first children: ``connections`` and, given ``client_options`` (a role with next
+    hops), ``peers``."""
+    children = [
+        ChildSpec("connections", partial(serve_connections, hop), type=ChildType.SUPERVISOR)
+    ]
+    if client_options is not None:
+        children.append(ChildSpec("peers", partial(serve_peers, hop, dict(client_options))))
+    return children
+
+
+async def serve_urls(
+    nursery: trio.Nursery,
+    urls: Sequence[str],
+    handlers: Mapping[Any, Any],
+    *,
+    hop: str,
+    **transport_options: Any,
+) -> list[Any]:
+    """Serve ``handlers`` on each of ``urls`` in ``nursery``; the servers, once all listen."""
+    return [
+        await nursery.start(partial(serve, url, handlers, hop=hop, **transport_options))
+        for url in urls
+    ]
+
+
+class OnStarted:
+    """A task status that calls ``callback(value)`` (which passes ``started`` on)."""
+
+    def __init__(self, callback: Callable[[Any], None]) -> None:
+        self._callback = callback
+
+    def started(self, value: Any = None) -> None:
+        self._callback(value)
+
+
+async def request_at(
+    hop: ServerHop, actor: ServerConnection, url: str, request: NetworkServiceRequest
+) -> Connection:
+    """Send ``request`` to the next hop at ``url``, within what is left of the actor's Request."""
+    assert hop.peers is not None
+    client = await hop.peers.client(url)
+    reply: Connection = await client.network_service.request(
+        request, timeout=actor.remaining(), metadata=token_metadata(hop)
+    )
+    return reply
+
+
+async def first_answer(
+    hop: ServerHop,
+    candidates: Sequence[C],
+    ask: Callable[[C], Awaitable[Connection]],
+    *,
+    service: str,
+    kind: str = "endpoint",
+) -> tuple[C, Connection]:
+    """Ask each candidate in turn (``ask(candidate)``); the first that answers, and its answer.
+
+    Raises:
+        TrionsmError: every candidate failed (:func:`all_failed_error`: each one named, with
+            its error).
+    """
+    failures: list[tuple[str, BaseException]] = []
+    for candidate in candidates:
+        try:
+            return candidate, await ask(candidate)
+        except TrionsmError as exc:
+            failures.append((getattr(candidate, "name", str(candidate)), exc))
+    raise all_failed_error(service, failures, hop=hop.name, kind=kind)
 
 
 async def serve_connections(hop: ServerHop, *, task_status: trio.TaskStatus[Any]) -> None:

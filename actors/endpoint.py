@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import attrs
@@ -39,12 +38,9 @@ from trionsm.errors import FailedPrecondition
 from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import (
     ChildSpec,
-    ChildType,
-    Strategy,
     Supervisor,
-    open_supervisor,
 )
-from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
+from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE
 
 from ._connection import ServerConnection, ServerHop
 from ._health import Health
@@ -59,7 +55,7 @@ from ._mechanisms import (
     with_parameters,
 )
 from ._path import trim_path
-from ._role import serve_connections
+from ._role import OnStarted, hop_children, open_role, serve_urls
 from .lease import Lease, serve_lease
 
 __all__ = ["DEFAULT_ENDPOINT_MECHANISMS", "Endpoint", "EndpointHandle", "serve_endpoint"]
@@ -234,9 +230,7 @@ async def serve_endpoint(
 
     async def run_server(*, task_status: trio.TaskStatus[Any]) -> None:
         async with trio.open_nursery() as nursery:
-            server = await nursery.start(
-                partial(serve, url, handlers, hop=name, **transport_options)
-            )
+            (server,) = await serve_urls(nursery, [url], handlers, hop=name, **transport_options)
             bound["url"] = server.url
             task_status.started(server)
 
@@ -256,29 +250,14 @@ async def serve_endpoint(
             leases[:] = [lease]
             task_status.started(lease)
 
-        status: Any = _OnStarted(started)
+        status: Any = OnStarted(started)
         await serve_lease(registry, registration, task_status=status, **dict(lease_options or {}))
 
-    children = [
-        ChildSpec("connections", partial(serve_connections, endpoint), type=ChildType.SUPERVISOR),
-        ChildSpec("server", run_server),
-    ]
+    children = [*hop_children(endpoint), ChildSpec("server", run_server)]
     if registry is not None:
         children.append(ChildSpec("lease", run_lease))
-    async with open_supervisor(
-        children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=30.0, name=name
-    ) as supervisor:
+    async with open_role(name, children) as supervisor:
         task_status.started(
             EndpointHandle(name, bound["url"], endpoint, supervisor, leases[0] if leases else None)
         )
         await trio.sleep_forever()
-
-
-class _OnStarted:
-    """A task status that calls ``callback(value)`` (which passes ``started`` on)."""
-
-    def __init__(self, callback: Any) -> None:
-        self._callback = callback
-
-    def started(self, value: Any = None) -> None:
-        self._callback(value)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from functools import partial
 from typing import Any, Final
 
 import attrs
@@ -38,18 +37,26 @@ from trionsm.api.connection import Connection
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint
 from trionsm.clock import Clock
-from trionsm.errors import InvalidArgument, TrionsmError, Unavailable
+from trionsm.errors import InvalidArgument, Unavailable
 from trionsm.identity import JwtTokenProvider, TokenProvider
-from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
-from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE, serve
+from trionsm.supervision import ChildSpec, ChildType, Supervisor
+from trionsm.transport import HEALTH, MONITOR_CONNECTION, NETWORK_SERVICE
 
 from ._connection import NextHop, ServerConnection, ServerHop
 from ._health import Health
 from ._localbypass import LocalBypass, localbypass_handlers
 from ._mechanisms import is_local_url
 from ._netsvcmonitor import NetworkServiceMonitor
-from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
-from ._select import all_failed_error, drop_expired, prefer_named, select_forwarders
+from ._role import (
+    Discovery,
+    close_at,
+    first_answer,
+    hop_children,
+    open_role,
+    request_at,
+    serve_urls,
+)
+from ._select import drop_expired, prefer_named, select_forwarders
 from .forwarder import FORWARDER_SERVICE
 from .registry import serve_registry
 
@@ -110,25 +117,18 @@ class Nsmgr(ServerHop):
         if sticky is None and len(segments) > index + 1:
             sticky = segments[index + 1].name  # the forwarder this path used (before a restart)
         candidates = await self._forwarders(connection, sticky, actor.remaining())
-        failures: list[tuple[str, BaseException]] = []
-        for forwarder in candidates:
-            try:
-                assert self.peers is not None
-                client = await self.peers.client(forwarder.url)
-                reply = await client.network_service.request(
-                    request, timeout=actor.remaining(), metadata=token_metadata(self)
-                )
-            except TrionsmError as exc:
-                failures.append((forwarder.name, exc))
-                continue
-            actor.state["forwarder"] = forwarder.name
-            assert reply.path is not None
-            next_id = reply.path.path_segments[index + 1].id
-            actor.follow(NextHop(forwarder.url, next_id, forwarder.name))
-            return reply
-        raise all_failed_error(
-            connection.network_service, failures, hop=self.name, kind="forwarder"
+        forwarder, reply = await first_answer(
+            self,
+            candidates,
+            lambda forwarder: request_at(self, actor, forwarder.url, request),
+            service=connection.network_service,
+            kind="forwarder",
         )
+        actor.state["forwarder"] = forwarder.name
+        assert reply.path is not None
+        next_id = reply.path.path_segments[index + 1].id
+        actor.follow(NextHop(forwarder.url, next_id, forwarder.name))
+        return reply
 
     def established(self, actor: ServerConnection, request: NetworkServiceRequest) -> None:
         """Watch the network service while the connection lives here (``netsvcmonitor``)."""
@@ -235,10 +235,7 @@ async def serve_nsmgr(
             # The bypass needs the public URL, known once bound: start with the given one.
             bypass = LocalBypass(public_url or urls[0], nsmgr.registry, hop=name)
             handlers.update(localbypass_handlers(bypass, nsmgr.registry))
-            servers = [
-                await nursery.start(partial(serve, each, handlers, hop=name, **transport_options))
-                for each in urls
-            ]
+            servers = await serve_urls(nursery, urls, handlers, hop=name, **transport_options)
             bound[:] = [server.url for server in servers]
             if public_url is None:
                 bypass.public_url = next((u for u in bound if not is_local_url(u)), bound[0])
@@ -248,14 +245,8 @@ async def serve_nsmgr(
     children = []
     if registry is None:
         children.append(ChildSpec("registry", run_registry, type=ChildType.SUPERVISOR))
-    children += [
-        ChildSpec("connections", partial(serve_connections, nsmgr), type=ChildType.SUPERVISOR),
-        ChildSpec("peers", partial(serve_peers, nsmgr, options)),
-        ChildSpec("server", run_server),
-    ]
-    async with open_supervisor(
-        children, strategy=Strategy.REST_FOR_ONE, intensity=3, period=30.0, name=name
-    ) as supervisor:
+    children += [*hop_children(nsmgr, options), ChildSpec("server", run_server)]
+    async with open_role(name, children) as supervisor:
         assert nsmgr.bypass is not None
         task_status.started(
             NsmgrHandle(name, bound[0], nsmgr.bypass.public_url, nsmgr, supervisor, tuple(bound))
