@@ -13,6 +13,10 @@ matches every connection; ``network_services`` keeps connections of those servic
 ``path_segments`` must appear contiguously in the connection's path, each selector segment matching
 on the fields it sets (``id``, ``name``).
 
+Subscribers whose selector names a path segment id (an NSC watching its own connection, one
+stream per connection) are indexed by that id, so an event reaches the subscribers of its own
+path's segments and the unindexed ones, not every stream of a busy hop.
+
 A subscriber that falls :attr:`MonitorHub.buffer` events behind is dropped with
 ResourceExhausted: a slow monitor never holds a hop up.
 """
@@ -61,6 +65,13 @@ def selector_matches(selector: MonitorScopeSelector | None, connection: Connecti
     return False
 
 
+def _segment_key(selector: MonitorScopeSelector | None) -> str | None:
+    """The segment id a selector requires (its first segment's), if it names one."""
+    if selector is None or not selector.path_segments:
+        return None
+    return selector.path_segments[0].id or None
+
+
 @attrs.define(eq=False)
 class _Subscriber:
     selector: MonitorScopeSelector | None
@@ -82,6 +93,7 @@ class MonitorHub:
         self.buffer = buffer
         self._connections: dict[str, Connection] = {}
         self._subscribers: set[_Subscriber] = set()
+        self._by_segment: dict[str, set[_Subscriber]] = {}  # the indexed ones, by segment id
         self._closed: str | None = None
 
     def __len__(self) -> int:
@@ -96,7 +108,7 @@ class MonitorHub:
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._subscribers) + sum(len(i) for i in self._by_segment.values())
 
     def update(self, connection: Connection) -> None:
         """Store ``connection`` (keyed by its id) and send UPDATE to matching subscribers."""
@@ -110,25 +122,53 @@ class MonitorHub:
             self._publish(ConnectionEventType.DELETE, connection)
         return connection
 
+    def _interested(self, connection: Connection) -> list[_Subscriber]:
+        """The subscribers that may match ``connection``: the unindexed ones, and those indexed
+        under one of its path's segment ids."""
+        found = list(self._subscribers)
+        if self._by_segment and connection.path is not None:
+            for segment in connection.path.path_segments:
+                found.extend(self._by_segment.get(segment.id, ()))
+        return found
+
+    def _add(self, subscriber: _Subscriber) -> None:
+        key = _segment_key(subscriber.selector)
+        if key is None:
+            self._subscribers.add(subscriber)
+        else:
+            self._by_segment.setdefault(key, set()).add(subscriber)
+
+    def _discard(self, subscriber: _Subscriber) -> None:
+        key = _segment_key(subscriber.selector)
+        if key is None:
+            self._subscribers.discard(subscriber)
+            return
+        indexed = self._by_segment.get(key)
+        if indexed is not None:
+            indexed.discard(subscriber)
+            if not indexed:
+                del self._by_segment[key]
+
     def _publish(self, kind: ConnectionEventType, connection: Connection) -> None:
         event = ConnectionEvent(type=kind, connections={connection.id: connection})
-        for subscriber in list(self._subscribers):
+        for subscriber in self._interested(connection):
             if selector_matches(subscriber.selector, connection):
                 try:
                     subscriber.send.send_nowait(event)
                 except trio.WouldBlock:
                     subscriber.overflowed = True
-                    self._subscribers.discard(subscriber)
+                    self._discard(subscriber)
                     subscriber.send.close()
                 except trio.BrokenResourceError:
-                    self._subscribers.discard(subscriber)
+                    self._discard(subscriber)
 
     def close(self, reason: str) -> None:
         """End every stream with Unavailable(``reason``) (the hop is stopping)."""
         self._closed = reason
-        for subscriber in list(self._subscribers):
+        for subscriber in [*self._subscribers, *(s for i in self._by_segment.values() for s in i)]:
             subscriber.send.close()
         self._subscribers.clear()
+        self._by_segment.clear()
 
     @contextmanager
     def _subscribe(
@@ -144,11 +184,11 @@ class MonitorHub:
                 if selector_matches(selector, conn)
             },
         )
-        self._subscribers.add(subscriber)
+        self._add(subscriber)
         try:
             yield initial, subscriber
         finally:
-            self._subscribers.discard(subscriber)
+            self._discard(subscriber)
             send.close()
             receive.close()
 

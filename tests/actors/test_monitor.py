@@ -145,3 +145,29 @@ async def check_close(hub: MonitorHub, stream: AsyncGenerator[ConnectionEvent]) 
     with pytest.raises(Unavailable):
         async with aclosing(hub.stream(None)) as again:
             await again.__anext__()
+
+
+async def test_a_stream_per_connection_sees_its_own_connection_only() -> None:
+    """Subscribers naming a segment id are indexed by it; the others still see everything."""
+    hub = MonitorHub("nsmgr")
+    mine = MonitorScopeSelector(path_segments=[PathSegment(id="c-2", name="nsc")])
+    async with (
+        aclosing(hub.stream(mine)) as own,
+        aclosing(hub.stream(None)) as every,
+        aclosing(hub.stream(MonitorScopeSelector(path_segments=[PathSegment(id="m-9")]))) as other,
+    ):
+        for stream in (own, every, other):
+            assert not (await stream.__anext__()).connections
+        assert hub.subscriber_count == 3
+        for index in range(1, 4):
+            hub.update(connection(f"m-{index}", ("nsc", f"c-{index}"), ("nsmgr", f"m-{index}")))
+        hub.delete("m-2")
+        events = await collect(own, 2)
+        assert [(e.type, list(e.connections)) for e in events] == [
+            (ConnectionEventType.UPDATE, ["m-2"]),
+            (ConnectionEventType.DELETE, ["m-2"]),
+        ]
+        assert len(await collect(every, 4)) == 4
+        hub.update(connection("m-9", ("nsc", "c-9"), ("nsmgr", "m-9")))
+        assert list((await other.__anext__()).connections) == ["m-9"]
+    assert hub.subscriber_count == 0
