@@ -86,12 +86,18 @@ def destination(conn: ClientConnection) -> str:
     return str(conn.connection.context.ip_context.dst_ip_addrs[0]).split("/")[0]
 
 
-async def request_until_ping(mesh: Mesh, netns: str, interface: str = "nsm-1") -> float:
-    """Milliseconds from a new KERNEL Request until a ping through its wire is answered (the
-    connection is closed afterwards, outside the measure)."""
+async def request_until_ping(
+    mesh: Mesh, netns: str, interface: str = "nsm-1", *, service: str = SERVICE, node: int = 0
+) -> float:
+    """Milliseconds from a new KERNEL Request (through ``node``'s nsmgr) until a ping through its
+    wire is answered (the connection is closed afterwards, outside the measure)."""
     began = time.perf_counter()
     async with mesh.connect(
-        f"kernel://{SERVICE}/{interface}", netns=netns, liveness=False, request_timeout=60
+        f"kernel://{service}/{interface}",
+        netns=netns,
+        node=node,
+        liveness=False,
+        request_timeout=60,
     ) as conn:
         target = destination(conn)
         while not await ping(netns, target, timeout=0.2, netlink=mesh.netlink):
@@ -99,19 +105,59 @@ async def request_until_ping(mesh: Mesh, netns: str, interface: str = "nsm-1") -
         return (time.perf_counter() - began) * 1000
 
 
+async def request_figures(
+    mesh: Mesh, name: str, requests: int, *, service: str = SERVICE, node: int = 0
+) -> dict[str, Any]:
+    """``<name>_p50_ms`` / ``_p99_ms`` / ``_samples``: ``requests`` sequential
+    :func:`request_until_ping` from a fresh namespace, after one to warm up."""
+    client = await mesh.add_netns("tnsm-bc-")
+    await request_until_ping(mesh, client, service=service, node=node)  # handle threads, caches
+    samples = [
+        await request_until_ping(mesh, client, service=service, node=node) for _ in range(requests)
+    ]
+    return {
+        f"{name}_p50_ms": round(statistics.median(samples), 2),
+        f"{name}_p99_ms": round(quantile(samples, 0.99), 2),
+        f"{name}_samples": len(samples),
+    }
+
+
+async def throughput_figures(
+    name: str, wire: tuple[str, str, str], plain: tuple[str, str, str], runs: int, seconds: float
+) -> dict[str, Any]:
+    """``<name>_throughput_ratio`` and its parts: iperf3 over ``wire`` against ``plain``, each
+    ``(client netns, server netns, server address)``; after a 1 s warm-up run of each (the first
+    run of a session is the slowest, whatever its path), ``runs`` runs of each, interleaved and
+    each first every other run, so both see the same load; the ratio of the medians."""
+    await iperf(*wire, 1)
+    await iperf(*plain, 1)
+    mesh_bps: list[float] = []
+    plain_bps: list[float] = []
+    for run in range(runs):
+        for kind in ("mesh", "plain") if run % 2 == 0 else ("plain", "mesh"):
+            if kind == "mesh":
+                mesh_bps.append(await iperf(*wire, seconds))
+            else:
+                plain_bps.append(await iperf(*plain, seconds))
+        log(f"{name} iperf3 run {run + 1}: mesh {mesh_bps[-1] / 1e9:.2f} Gbit/s, plain "
+            f"{plain_bps[-1] / 1e9:.2f} Gbit/s")  # fmt: skip
+    mesh_median, plain_median = statistics.median(mesh_bps), statistics.median(plain_bps)
+    return {
+        f"{name}_throughput_ratio": round(mesh_median / plain_median, 3),
+        f"{name}_mesh_gbps": round(mesh_median / 1e9, 2),
+        f"{name}_plain_gbps": round(plain_median / 1e9, 2),
+        f"{name}_run_ratios": [round(m / p, 3) for m, p in zip(mesh_bps, plain_bps, strict=True)],
+        f"{name}_runs": runs,
+        f"{name}_run_seconds": seconds,
+    }
+
+
 # -- figures ---------------------------------------------------------------------------------------
 
 
 async def kernel_request(mesh: Mesh, requests: int) -> dict[str, Any]:
     """``kernel_request_p50_ms`` / ``_p99_ms``: sequential local KERNEL Requests until a ping."""
-    client = await mesh.add_netns("tnsm-bc-")
-    await request_until_ping(mesh, client)  # warm up: handle threads, caches
-    samples = [await request_until_ping(mesh, client) for _ in range(requests)]
-    return {
-        "kernel_request_p50_ms": round(statistics.median(samples), 2),
-        "kernel_request_p99_ms": round(quantile(samples, 0.99), 2),
-        "kernel_request_samples": len(samples),
-    }
+    return await request_figures(mesh, "kernel_request", requests)
 
 
 async def veth_throughput(mesh: Mesh, nse_netns: str, runs: int, seconds: float) -> dict[str, Any]:
@@ -119,28 +165,9 @@ async def veth_throughput(mesh: Mesh, nse_netns: str, runs: int, seconds: float)
     client = await mesh.add_netns("tnsm-bt-")
     left, right = await mesh.add_netns("tnsm-bp-"), await mesh.add_netns("tnsm-bp-")
     await plain_veth(left, right)
-    mesh_bps, plain_bps = [], []
     async with mesh.connect(f"kernel://{SERVICE}/nsm-1", netns=client, liveness=False) as conn:
-        target = destination(conn)
-        await iperf(client, nse_netns, target, 1)  # warm-up runs, not counted: the first run
-        await iperf(left, right, PLAIN[1], 1)  # of a session is the slowest, whatever its path
-        for run in range(runs):  # interleaved, and each kind first every other run
-            for kind in ("mesh", "plain") if run % 2 == 0 else ("plain", "mesh"):
-                if kind == "mesh":
-                    mesh_bps.append(await iperf(client, nse_netns, target, seconds))
-                else:
-                    plain_bps.append(await iperf(left, right, PLAIN[1], seconds))
-            log(f"iperf3 run {run + 1}: mesh {mesh_bps[-1] / 1e9:.2f} Gbit/s, plain "
-                f"{plain_bps[-1] / 1e9:.2f} Gbit/s")  # fmt: skip
-    mesh_median, plain_median = statistics.median(mesh_bps), statistics.median(plain_bps)
-    return {
-        "veth_throughput_ratio": round(mesh_median / plain_median, 3),
-        "veth_mesh_gbps": round(mesh_median / 1e9, 2),
-        "veth_plain_gbps": round(plain_median / 1e9, 2),
-        "veth_run_ratios": [round(m / p, 3) for m, p in zip(mesh_bps, plain_bps, strict=True)],
-        "veth_runs": runs,
-        "veth_run_seconds": seconds,
-    }
+        wire = (client, nse_netns, destination(conn))
+        return await throughput_figures("veth", wire, (left, right, PLAIN[1]), runs, seconds)
 
 
 async def kernel_connections(
