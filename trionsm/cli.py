@@ -2,8 +2,10 @@
 
 Each role runs as its own process: ``registry``, ``nsmgr``, ``forwarder``, ``nse`` serve until
 SIGTERM/SIGINT (``serving URL`` on stdout once ready, exit 0 after a clean stop, 1 when they
-cannot start); ``nsc`` connects to a network service and prints its events. A bad flag exits 2
-naming it. Still to come: ``node``, ``status``, ``scenario``; ``demo`` says what it still needs.
+cannot start); ``nsc`` connects to a network service and prints its events. ``node`` runs a
+whole node (registry, nsmgr, forwarder, admin service) as one supervision tree from a TOML
+config and flags; ``status`` prints a node's tree and connections. A bad flag exits 2 naming it.
+Still to come: ``scenario``; ``demo`` says what it still needs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from trionsm import __version__
-from trionsm._cli import forwarder, nsc, nse, nsmgr, registry
+from trionsm._cli import forwarder, node, nsc, nse, nsmgr, registry, status
 
 __all__ = ["build_parser", "main"]
 
@@ -33,6 +35,8 @@ _COMMANDS: dict[str, ModuleType] = {
     "forwarder": forwarder,
     "nse": nse,
     "nsc": nsc,
+    "node": node,
+    "status": status,
 }
 
 

@@ -1,0 +1,336 @@
+"""A whole node as one supervision tree: ``serve_node`` (what ``trionsm node`` runs).
+
+``serve_node`` runs the node's roles as supervised children, started in dependency order::
+
+    node (ONE_FOR_ONE, intensity 3 in 30 s)
+    ├── kernel      the netlink executor the forwarder programs wires through (only with an
+    │               in-process forwarder that programs KERNEL or VXLAN)
+    ├── registry    the node's registry (memory or etcd store; absent with a remote registry)
+    ├── nsmgr       NetworkService + MonitorConnection + the registry front, on the node's unix
+    │               socket (``<dir>/nsm.io.sock``) and TCP
+    ├── forwarder   (absent with ``mode = "external"``: a separate ``trionsm forwarder``)
+    └── admin       ``trionsm.admin.v1.Admin`` (tree, connections, Crash) on ``<dir>/admin.sock``
+
+ONE_FOR_ONE because the roles talk only through transports and heal through soft state: a
+crashed forwarder is restarted alone; its clients see their monitor stream break and heal
+through the new incarnation (as in NSM, where each role is its own pod). Each role keeps its
+own supervisor and intensity below this one.
+
+Stopping (cancellation: SIGTERM through the CLI). First the node refuses new Requests at its
+nsmgr and forwarder (``Unavailable``: the node is stopping), so a client healing meanwhile
+cannot open what is about to be closed. Then, unless ``restart_keep_dataplane``, the forwarder
+closes every connection as its client would (downstream, so the endpoints see the Close, and its
+wire), each within the forwarder's ``STOP_TIMEOUT``. Then the children stop in reverse start
+order: admin, the forwarder (its lease unregisters), the nsmgr, the registry, the kernel
+executor; listeners close and unix sockets are removed. Every step is bounded (Close and
+Unregister timeouts), so the whole stop is. With ``restart_keep_dataplane`` the connections and
+wires are left as they are, for the next run of the node to adopt when its clients re-request:
+a restart that does not flap the data plane.
+
+A Crash of the forwarder (through the admin service) is a crash, not a stop: its connections are
+not closed and its wires stay, for the restarted incarnation to adopt.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+
+from trionsm.api.networkservice import NetworkServiceRequest
+from trionsm.clock import Clock
+from trionsm.errors import Unavailable
+from trionsm.identity import JwtTokenProvider
+from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
+
+from ._connection import ServerHop
+from ._nodeconfig import (
+    ADMIN_SOCKET,
+    DEFAULT_DIR,
+    DEFAULT_NSMGR_PORT,
+    DEFAULT_REGISTRY_PORT,
+    FORWARDER_MODES,
+    NSM_SOCKET,
+    ForwarderConfig,
+    NodeConfig,
+    NsmgrConfig,
+    RegistryConfig,
+)
+from .admin import Admin, AdminHandle, serve_admin
+from .forwarder import STOP_TIMEOUT, DataPlane, ForwarderHandle, open_dataplane, serve_forwarder
+from .nsmgr import NsmgrHandle, serve_nsmgr
+from .registry import RegistryHandle, serve_registry
+
+__all__ = [
+    "ADMIN_SOCKET",
+    "DEFAULT_DIR",
+    "DEFAULT_NSMGR_PORT",
+    "DEFAULT_REGISTRY_PORT",
+    "FORWARDER_MODES",
+    "NODE_INTENSITY",
+    "NODE_PERIOD",
+    "NSM_SOCKET",
+    "ForwarderConfig",
+    "NodeConfig",
+    "NodeHandle",
+    "NsmgrConfig",
+    "RegistryConfig",
+    "serve_node",
+]
+
+NODE_INTENSITY = 3
+NODE_PERIOD = 30.0
+"""The node supervisor gives up after more than 3 restarts of its roles within 30 s (the
+process then exits non-zero and its service manager restarts it)."""
+
+
+@attrs.define(eq=False)
+class _Running:
+    """The current incarnation of each role (replaced when a role restarts)."""
+
+    supervisor: Supervisor | None = None
+    dataplane: DataPlane | None = None
+    registry: RegistryHandle | None = None
+    nsmgr: NsmgrHandle | None = None
+    forwarder: ForwarderHandle | None = None
+    stopping: bool = False
+
+    def hops(self) -> list[tuple[str, ServerHop]]:
+        found: list[tuple[str, ServerHop]] = []
+        if self.nsmgr is not None:
+            found.append(("nsmgr", self.nsmgr.nsmgr))
+        if self.forwarder is not None:
+            found.append(("forwarder", self.forwarder.forwarder))
+        return found
+
+
+@attrs.frozen(eq=False)
+class NodeHandle:
+    """A running node.
+
+    Attributes:
+        name: the node's name; config: what it runs.
+        urls: the nsmgr's bound URLs, in the order of ``config.nsmgr.listen``.
+        admin_urls: the admin service's bound URLs.
+        supervisor: the node's root supervisor (``tree()``, ``crash_child``).
+    """
+
+    name: str
+    config: NodeConfig
+    urls: tuple[str, ...]
+    admin_urls: tuple[str, ...]
+    supervisor: Supervisor
+    _running: _Running
+
+    @property
+    def nsmgr(self) -> NsmgrHandle | None:
+        """The nsmgr's current incarnation (None while it restarts)."""
+        return self._running.nsmgr
+
+    @property
+    def forwarder(self) -> ForwarderHandle | None:
+        """The in-process forwarder's current incarnation (None if external or restarting)."""
+        return self._running.forwarder
+
+
+def _registry_url(config: NodeConfig, running: _Running) -> str:
+    """Where the nsmgr finds the registry: a remote URL, or the node's own in-process one."""
+    if config.registry.remote:
+        return config.registry.store
+    return f"inproc://registry-{config.name}-{id(running):x}"
+
+
+async def _serve_kernel(running: _Running, *, task_status: trio.TaskStatus[DataPlane]) -> None:
+    async with open_dataplane() as dataplane:
+        running.dataplane = dataplane
+        try:
+            task_status.started(dataplane)
+            await trio.sleep_forever()
+        finally:
+            running.dataplane = None
+
+
+async def _serve_registry(
+    config: NodeConfig, running: _Running, *, task_status: trio.TaskStatus[RegistryHandle]
+) -> None:
+    registry = config.registry
+    urls = [_registry_url(config, running), *registry.listen]
+
+    class _Status:
+        def started(self, handle: RegistryHandle) -> None:
+            running.registry = handle
+            task_status.started(handle)
+
+    status: Any = _Status()
+    try:
+        await serve_registry(
+            urls,
+            store=registry.store,
+            expiry=registry.expiry,
+            hop=f"registry-{config.name}",
+            task_status=status,
+        )
+    finally:
+        running.registry = None
+
+
+def _refuse_while_stopping(running: _Running, hop: str) -> Any:
+    async def refuse(request: NetworkServiceRequest) -> None:
+        if running.stopping:
+            service = request.connection.network_service if request.connection else None
+            raise Unavailable("the node is stopping", hop=hop, service=service)
+
+    return refuse
+
+
+async def _serve_nsmgr(
+    config: NodeConfig,
+    running: _Running,
+    clock: Clock | None,
+    *,
+    task_status: trio.TaskStatus[NsmgrHandle],
+) -> None:
+    name = config.nsmgr_name
+    tokens = JwtTokenProvider(
+        f"spiffe://trionsm.local/nsmgr/{name}", lifetime=config.nsmgr.token_lifetime, clock=clock
+    )
+
+    class _Status:
+        def started(self, handle: NsmgrHandle) -> None:
+            handle.nsmgr.before_request = _refuse_while_stopping(running, name)
+            running.nsmgr = handle
+            task_status.started(handle)
+
+    status: Any = _Status()
+    try:
+        await serve_nsmgr(
+            name,
+            list(config.nsmgr.listen),
+            registry=_registry_url(config, running),
+            public_url=config.nsmgr.public_url,
+            tokens=tokens,
+            clock=clock,
+            task_status=status,
+        )
+    finally:
+        running.nsmgr = None
+
+
+async def _serve_forwarder(
+    config: NodeConfig,
+    running: _Running,
+    clock: Clock | None,
+    *,
+    task_status: trio.TaskStatus[ForwarderHandle],
+) -> None:
+    forwarder = config.forwarder
+    nsmgr = running.nsmgr
+    if nsmgr is None:
+        raise Unavailable("the node's nsmgr is not running", hop=forwarder.name)
+    tokens = JwtTokenProvider(
+        f"spiffe://trionsm.local/forwarder/{forwarder.name}",
+        lifetime=config.nsmgr.token_lifetime,
+        clock=clock,
+    )
+
+    class _Status:
+        def started(self, handle: ForwarderHandle) -> None:
+            handle.forwarder.before_request = _refuse_while_stopping(running, forwarder.name)
+            running.forwarder = handle
+            task_status.started(handle)
+
+    lease_options: dict[str, Any] = {}
+    if forwarder.registration_expiry is not None:
+        lease_options["expiry"] = forwarder.registration_expiry
+    status: Any = _Status()
+    try:
+        await serve_forwarder(
+            forwarder.name,
+            forwarder.listen,
+            nsmgr=nsmgr.url,
+            mechanisms=forwarder.mechanisms,
+            labels=dict(forwarder.labels),
+            dataplane=running.dataplane,
+            tunnel_ip=forwarder.tunnel_ip,
+            underlay_netns=forwarder.underlay_netns,
+            tokens=tokens,
+            clock=clock,
+            lease_options=lease_options,
+            # The node closes the connections itself on a stop for good (see the module
+            # docstring); stopped by a crash or a restart, the forwarder leaves them be.
+            keep_dataplane_on_stop=True,
+            task_status=status,
+        )
+    finally:
+        running.forwarder = None
+
+
+def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> list[ChildSpec]:
+    admin = Admin(config.name, lambda: running.supervisor, running.hops)
+    children = []
+    if config.forwarder.kernel:
+        children.append(ChildSpec("kernel", partial(_serve_kernel, running)))
+    if not config.registry.remote:
+        registry = partial(_serve_registry, config, running)
+        children.append(ChildSpec("registry", registry, type=ChildType.SUPERVISOR))
+    nsmgr = partial(_serve_nsmgr, config, running, clock)
+    children.append(ChildSpec("nsmgr", nsmgr, type=ChildType.SUPERVISOR))
+    if config.forwarder.internal:
+        forwarder = partial(_serve_forwarder, config, running, clock)
+        children.append(ChildSpec("forwarder", forwarder, type=ChildType.SUPERVISOR))
+    children.append(ChildSpec("admin", partial(serve_admin, admin, config.admin_listen)))
+    return children
+
+
+async def _stop_gracefully(config: NodeConfig, running: _Running) -> None:
+    """Refuse new Requests, then (unless keeping the data plane) close the forwarder's
+    connections downstream and remove their wires; bounded by the forwarder's STOP_TIMEOUT."""
+    running.stopping = True
+    forwarder = running.forwarder
+    if config.restart_keep_dataplane or forwarder is None:
+        return
+    with trio.move_on_after(STOP_TIMEOUT):
+        await forwarder.forwarder.close_all()
+
+
+async def serve_node(
+    config: NodeConfig,
+    *,
+    clock: Clock | None = None,
+    task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the node ``config`` describes until cancelled (see the module docstring).
+
+    ``task_status.started(handle)`` once every role serves (the forwarder registered at the
+    nsmgr). Cancelling it stops the node in order, each step bounded; the node's directory is
+    created if missing and kept.
+
+    Raises:
+        StartError: a role could not start (a socket or port in use, an unreachable registry).
+        RestartIntensityExceeded: roles crashed more than :data:`NODE_INTENSITY` times within
+            :data:`NODE_PERIOD` seconds.
+    """
+    config.dir.mkdir(parents=True, exist_ok=True)
+    running = _Running()
+    async with open_supervisor(
+        _children(config, running, clock),
+        strategy=Strategy.ONE_FOR_ONE,
+        intensity=NODE_INTENSITY,
+        period=NODE_PERIOD,
+        name="node",
+    ) as supervisor:
+        running.supervisor = supervisor
+        assert running.nsmgr is not None
+        admin = next(c.value for c in supervisor.which_children() if c.id == "admin")
+        assert isinstance(admin, AdminHandle)
+        handle = NodeHandle(
+            config.name, config, running.nsmgr.urls, admin.urls, supervisor, running
+        )
+        try:
+            task_status.started(handle)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await _stop_gracefully(config, running)
