@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from functools import partial
 from typing import Any
@@ -180,6 +181,40 @@ async def test_nsc_once_mtus_and_a_wire_left_is_a_leak_the_mesh_reports() -> Non
             assert all(wire.endswith(f" {alias}") for wire in left)
             await stop_all(mesh, "nse-1", "nsmgr-0", "registry")
         assert sorted(mesh.leaks()) == sorted(f"left behind: {wire}" for wire in left)
+
+
+async def test_an_nsc_without_netns_puts_its_interface_into_its_own_namespace() -> None:
+    """``ip netns exec POD trionsm nsc kernel://...`` (no --netns): the interface goes into POD,
+    as NSM's cmd-nsc in a pod; SIGTERM removes it."""
+    with trio.fail_after(BOUND):
+        async with open_process_mesh(kernel=True) as mesh:
+            pod, nse_ns = await mesh.add_netns(), await mesh.add_netns()
+            await kernel_node(mesh, nse_ns)
+            inside = ["ip", "netns", "exec", pod.removeprefix("file:///run/netns/")]
+            nsc = ["nsc", "kernel://icmp/nsm-1", "--nsmgr", mesh.url("nsmgr-0"), "--json"]
+            process = await trio.lowlevel.open_process(
+                [*inside, sys.executable, "-m", "trionsm.cli", *nsc],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert process.stdout is not None
+            try:
+                first = b""
+                while b"\n" not in first:
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, "the nsc exited before connecting"
+                    first += chunk
+                assert event(first.decode().splitlines()[0])["event"] == "connected"
+                assert sorted(await links(pod)) == ["lo", "nsm-1"]
+                assert await pings(pod, "169.254.110.0")
+            finally:
+                process.terminate()  # by its own PID (ip netns exec execs the nsc)
+                with trio.CancelScope(shield=True):
+                    assert await process.wait() == 0
+                    await process.stdout.aclose()
+            assert list(await links(pod)) == ["lo"]
+            await stop_all(mesh, "nse-1", "forwarder-0", "nsmgr-0", "registry")
+        assert mesh.leaks() == []
 
 
 # -- the CLI contract ----------------------------------------------------------------------------
