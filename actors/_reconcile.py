@@ -18,7 +18,9 @@ kernel; :func:`serve_reconcile` owns the I/O and the timer (``trio.current_time(
 The grace must outlast the clients' way back: a heal after a forwarder restart arrives within
 seconds (the broken monitor stream makes the client re-request), and a client that saw nothing
 still refreshes within a fifth of its token lifetime (2 minutes with NSM's 10-minute tokens).
-:data:`DEFAULT_RECONCILE_GRACE` covers both.
+:data:`DEFAULT_RECONCILE_GRACE` covers both. Every successful Request claims (refreshes too), so
+a scan started again later (the task restarted along with the forwarder's other children) only
+removes what no live connection uses.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ class Reconciler:
     done: bool = False
     finished: bool = False  # the sweep's removals are through (set by serve_reconcile)
     deadline: float = math.inf
+
+    def begin(self) -> None:
+        """A scan starts (again): until it is through, every alias may have a leftover and
+        every claim counts; claims made so far are kept."""
+        self.leftovers = {}
+        self.scanned = self.done = self.finished = False
+        self.deadline = math.inf
 
     def found(self, interfaces: Iterable[Interface], now: float) -> None:
         """The scan's result: these are held, unclaimed, until ``now + grace``."""
@@ -134,6 +143,7 @@ async def serve_reconcile(
     """
     from trionsm.kernel import remove_interfaces, scan_namespaces
 
+    reconciler.begin()
     task_status.started(reconciler)
     found = await scan_namespaces(reconciler.owner, namespaces=namespaces, hop=hop, netlink=netlink)
     reconciler.found(found, trio.current_time())

@@ -85,6 +85,20 @@ def test_a_rescan_starts_a_new_grace_and_keeps_the_claims_made_so_far() -> None:
     assert reconciler.done
 
 
+def test_a_scan_started_again_after_a_sweep_records_the_claims_made_meanwhile() -> None:
+    reconciler = Reconciler("fwd", grace=5.0)
+    alias = alias_for("nsc-1", "fwd")
+    reconciler.found([], now=0.0)
+    assert reconciler.sweep(now=5.0) == []
+    reconciler.claim(alias)  # done: nothing to claim against
+    assert reconciler.claims == {}
+    reconciler.begin()  # its task was restarted (the forwarder's connections were)
+    assert reconciler.may_hold(alias)
+    reconciler.claim(alias)  # a re-request while the new scan runs
+    reconciler.found([leftover(NS_A, 5, alias), leftover(NS_A, 6, "trionsm:fwd:x")], now=10.0)
+    assert [i.alias for i in reconciler.sweep(now=15.0)] == ["trionsm:fwd:x"]
+
+
 def test_the_default_grace_outlasts_a_refresh_at_nsm_defaults() -> None:
     # NSC refresh: 20 % of a 10-minute token = 120 s; heals come within seconds.
     assert DEFAULT_RECONCILE_GRACE > 0.2 * 600
