@@ -114,9 +114,12 @@ def _print_tables(tree: TreeResponse, connections: list[HopConnection]) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # a pipe or a file: no width to fit, keep every value whole
+        console = Console(width=240)
     actors = Table(title=f"node {tree.node}: supervision tree", title_justify="left")
     for column in ("path", "kind", "status", "restarts", "last exit"):
-        actors.add_column(column, justify="right" if column == "restarts" else "left")
+        right = column == "restarts"
+        actors.add_column(column, justify="right" if right else "left", overflow="fold")
     for row in tree.actors:
         depth = row.path.count("/") - 1
         name = "  " * depth + row.path.rsplit("/", 1)[-1]
@@ -127,7 +130,7 @@ def _print_tables(tree: TreeResponse, connections: list[HopConnection]) -> None:
     table = Table(title=f"node {tree.node}: connections", title_justify="left")
     columns = ("hop", "id", "service", "path", "state", "expires", "mechanism", "interface")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for c in connections:
         expires = c.expires.strftime("%H:%M:%S") if c.expires is not None else ""
         state = c.state if c.state == "UP" else f"[bold red]{c.state}[/]"
