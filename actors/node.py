@@ -33,6 +33,7 @@ not closed and its wires stay, for the restarted incarnation to adopt.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -45,7 +46,7 @@ from trionsm.errors import Unavailable
 from trionsm.identity import JwtTokenProvider
 from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
 
-from ._connection import ServerHop
+from ._connection import RequestHook, ServerHop
 from ._nodeconfig import (
     ADMIN_SOCKET,
     DEFAULT_DIR,
@@ -58,6 +59,7 @@ from ._nodeconfig import (
     NsmgrConfig,
     RegistryConfig,
 )
+from ._role import OnStarted
 from .admin import Admin, AdminHandle, serve_admin
 from .forwarder import STOP_TIMEOUT, DataPlane, ForwarderHandle, open_dataplane, serve_forwarder
 from .nsmgr import NsmgrHandle, serve_nsmgr
@@ -152,31 +154,31 @@ async def _serve_kernel(running: _Running, *, task_status: trio.TaskStatus[DataP
             running.dataplane = None
 
 
-async def _serve_registry(
-    config: NodeConfig, running: _Running, *, task_status: trio.TaskStatus[RegistryHandle]
+async def _run_role(
+    running: _Running,
+    role: str,
+    serve: Callable[..., Awaitable[None]],
+    *,
+    task_status: trio.TaskStatus[Any],
 ) -> None:
-    registry = config.registry
-    urls = [_registry_url(config, running), *registry.listen]
+    """Run ``serve`` (a role's ``serve_*`` with its arguments bound) as the node's ``role``: its
+    handle is the current incarnation while it runs, and its hop refuses Requests once the node
+    is stopping."""
 
-    class _Status:
-        def started(self, handle: RegistryHandle) -> None:
-            running.registry = handle
-            task_status.started(handle)
+    def started(handle: Any) -> None:
+        hop = getattr(handle, role, None)
+        if isinstance(hop, ServerHop):
+            hop.before_request = _refuse_while_stopping(running, hop.name)
+        setattr(running, role, handle)
+        task_status.started(handle)
 
-    status: Any = _Status()
     try:
-        await serve_registry(
-            urls,
-            store=registry.store,
-            expiry=registry.expiry,
-            hop=f"registry-{config.name}",
-            task_status=status,
-        )
+        await serve(task_status=OnStarted(started))
     finally:
-        running.registry = None
+        setattr(running, role, None)
 
 
-def _refuse_while_stopping(running: _Running, hop: str) -> Any:
+def _refuse_while_stopping(running: _Running, hop: str) -> RequestHook:
     async def refuse(request: NetworkServiceRequest) -> None:
         if running.stopping:
             service = request.connection.network_service if request.connection else None
@@ -185,37 +187,34 @@ def _refuse_while_stopping(running: _Running, hop: str) -> Any:
     return refuse
 
 
-async def _serve_nsmgr(
-    config: NodeConfig,
-    running: _Running,
-    clock: Clock | None,
-    *,
-    task_status: trio.TaskStatus[NsmgrHandle],
-) -> None:
-    name = config.nsmgr_name
-    tokens = JwtTokenProvider(
-        f"spiffe://trionsm.local/nsmgr/{name}", lifetime=config.nsmgr.token_lifetime, clock=clock
+def _tokens(role: str, name: str, config: NodeConfig, clock: Clock | None) -> JwtTokenProvider:
+    subject = f"spiffe://trionsm.local/{role}/{name}"
+    return JwtTokenProvider(subject, lifetime=config.nsmgr.token_lifetime, clock=clock)
+
+
+def _registry(config: NodeConfig, running: _Running) -> Callable[..., Awaitable[None]]:
+    registry = config.registry
+    return partial(
+        serve_registry,
+        [_registry_url(config, running), *registry.listen],
+        store=registry.store,
+        expiry=registry.expiry,
+        hop=f"registry-{config.name}",
     )
 
-    class _Status:
-        def started(self, handle: NsmgrHandle) -> None:
-            handle.nsmgr.before_request = _refuse_while_stopping(running, name)
-            running.nsmgr = handle
-            task_status.started(handle)
 
-    status: Any = _Status()
-    try:
-        await serve_nsmgr(
-            name,
-            list(config.nsmgr.listen),
-            registry=_registry_url(config, running),
-            public_url=config.nsmgr.public_url,
-            tokens=tokens,
-            clock=clock,
-            task_status=status,
-        )
-    finally:
-        running.nsmgr = None
+def _nsmgr(
+    config: NodeConfig, running: _Running, clock: Clock | None
+) -> Callable[..., Awaitable[None]]:
+    return partial(
+        serve_nsmgr,
+        config.nsmgr_name,
+        list(config.nsmgr.listen),
+        registry=_registry_url(config, running),
+        public_url=config.nsmgr.public_url,
+        tokens=_tokens("nsmgr", config.nsmgr_name, config, clock),
+        clock=clock,
+    )
 
 
 async def _serve_forwarder(
@@ -225,46 +224,32 @@ async def _serve_forwarder(
     *,
     task_status: trio.TaskStatus[ForwarderHandle],
 ) -> None:
+    """The node's forwarder, registered at the nsmgr's current incarnation, programming wires
+    through the kernel child's executor (taken at each start)."""
     forwarder = config.forwarder
     nsmgr = running.nsmgr
     if nsmgr is None:
         raise Unavailable("the node's nsmgr is not running", hop=forwarder.name)
-    tokens = JwtTokenProvider(
-        f"spiffe://trionsm.local/forwarder/{forwarder.name}",
-        lifetime=config.nsmgr.token_lifetime,
-        clock=clock,
-    )
-
-    class _Status:
-        def started(self, handle: ForwarderHandle) -> None:
-            handle.forwarder.before_request = _refuse_while_stopping(running, forwarder.name)
-            running.forwarder = handle
-            task_status.started(handle)
-
     lease_options: dict[str, Any] = {}
     if forwarder.registration_expiry is not None:
         lease_options["expiry"] = forwarder.registration_expiry
-    status: Any = _Status()
-    try:
-        await serve_forwarder(
-            forwarder.name,
-            forwarder.listen,
-            nsmgr=nsmgr.url,
-            mechanisms=forwarder.mechanisms,
-            labels=dict(forwarder.labels),
-            dataplane=running.dataplane,
-            tunnel_ip=forwarder.tunnel_ip,
-            underlay_netns=forwarder.underlay_netns,
-            tokens=tokens,
-            clock=clock,
-            lease_options=lease_options,
-            # The node closes the connections itself on a stop for good (see the module
-            # docstring); stopped by a crash or a restart, the forwarder leaves them be.
-            keep_dataplane_on_stop=True,
-            task_status=status,
-        )
-    finally:
-        running.forwarder = None
+    await serve_forwarder(
+        forwarder.name,
+        forwarder.listen,
+        nsmgr=nsmgr.url,
+        mechanisms=forwarder.mechanisms,
+        labels=dict(forwarder.labels),
+        dataplane=running.dataplane,
+        tunnel_ip=forwarder.tunnel_ip,
+        underlay_netns=forwarder.underlay_netns,
+        tokens=_tokens("forwarder", forwarder.name, config, clock),
+        clock=clock,
+        lease_options=lease_options,
+        # The node closes the connections itself on a stop for good (see the module
+        # docstring); stopped by a crash or a restart, the forwarder leaves them be.
+        keep_dataplane_on_stop=True,
+        task_status=task_status,
+    )
 
 
 def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> list[ChildSpec]:
@@ -272,14 +257,15 @@ def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> lis
     children = []
     if config.forwarder.kernel:
         children.append(ChildSpec("kernel", partial(_serve_kernel, running)))
+    roles: list[tuple[str, Callable[..., Awaitable[None]]]] = []
     if not config.registry.remote:
-        registry = partial(_serve_registry, config, running)
-        children.append(ChildSpec("registry", registry, type=ChildType.SUPERVISOR))
-    nsmgr = partial(_serve_nsmgr, config, running, clock)
-    children.append(ChildSpec("nsmgr", nsmgr, type=ChildType.SUPERVISOR))
+        roles.append(("registry", _registry(config, running)))
+    roles.append(("nsmgr", _nsmgr(config, running, clock)))
     if config.forwarder.internal:
-        forwarder = partial(_serve_forwarder, config, running, clock)
-        children.append(ChildSpec("forwarder", forwarder, type=ChildType.SUPERVISOR))
+        roles.append(("forwarder", partial(_serve_forwarder, config, running, clock)))
+    for role, serve in roles:
+        start = partial(_run_role, running, role, serve)
+        children.append(ChildSpec(role, start, type=ChildType.SUPERVISOR))
     children.append(ChildSpec("admin", partial(serve_admin, admin, config.admin_listen)))
     return children
 
