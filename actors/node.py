@@ -28,7 +28,9 @@ wires are left as they are, for the next run of the node to adopt when its clien
 a restart that does not flap the data plane.
 
 A Crash of the forwarder (through the admin service) is a crash, not a stop: its connections are
-not closed and its wires stay, for the restarted incarnation to adopt.
+not closed and its wires stay, for the restarted incarnation to adopt. A crash of the kernel
+executor crashes the forwarder too (it must not keep programming through a closed executor); both
+restart, and the wires stay.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class _Running:
     nsmgr: NsmgrHandle | None = None
     forwarder: ForwarderHandle | None = None
     stopping: bool = False
+    kernel_lost: trio.Event = attrs.field(factory=trio.Event)  # the executor's end, per incarnation
 
     def hops(self) -> list[tuple[str, ServerHop]]:
         found: list[tuple[str, ServerHop]] = []
@@ -146,12 +149,20 @@ def _registry_url(config: NodeConfig, running: _Running) -> str:
 
 async def _serve_kernel(running: _Running, *, task_status: trio.TaskStatus[DataPlane]) -> None:
     async with open_dataplane() as dataplane:
-        running.dataplane = dataplane
+        running.dataplane, running.kernel_lost = dataplane, trio.Event()
         try:
             task_status.started(dataplane)
             await trio.sleep_forever()
         finally:
             running.dataplane = None
+            running.kernel_lost.set()
+
+
+async def _fail_when_lost(lost: trio.Event, hop: str) -> None:
+    await lost.wait()
+    raise Unavailable(
+        "the node's kernel executor stopped: the forwarder restarts with the new one", hop=hop
+    )
 
 
 async def _run_role(
@@ -225,7 +236,9 @@ async def _serve_forwarder(
     task_status: trio.TaskStatus[ForwarderHandle],
 ) -> None:
     """The node's forwarder, registered at the nsmgr's current incarnation, programming wires
-    through the kernel child's executor (taken at each start)."""
+    through the kernel child's executor (taken at each start). When that executor stops (the
+    kernel child crashed), the forwarder crashes too, so that its supervisor restarts it with
+    the new one; its connections and wires are left for the new incarnation to adopt."""
     forwarder = config.forwarder
     nsmgr = running.nsmgr
     if nsmgr is None:
@@ -233,13 +246,16 @@ async def _serve_forwarder(
     lease_options: dict[str, Any] = {}
     if forwarder.registration_expiry is not None:
         lease_options["expiry"] = forwarder.registration_expiry
-    await serve_forwarder(
+    # None while the kernel child restarts: the forwarder then opens its own executor.
+    dataplane, lost = running.dataplane, running.kernel_lost
+    start = partial(
+        serve_forwarder,
         forwarder.name,
         forwarder.listen,
         nsmgr=nsmgr.url,
         mechanisms=forwarder.mechanisms,
         labels=dict(forwarder.labels),
-        dataplane=running.dataplane,
+        dataplane=dataplane,
         tunnel_ip=forwarder.tunnel_ip,
         underlay_netns=forwarder.underlay_netns,
         tokens=_tokens("forwarder", forwarder.name, config, clock),
@@ -248,8 +264,11 @@ async def _serve_forwarder(
         # The node closes the connections itself on a stop for good (see the module
         # docstring); stopped by a crash or a restart, the forwarder leaves them be.
         keep_dataplane_on_stop=True,
-        task_status=task_status,
     )
+    async with trio.open_nursery() as nursery:
+        if dataplane is not None:  # a crashed kernel child: this forwarder crashes too
+            nursery.start_soon(_fail_when_lost, lost, forwarder.name)
+        task_status.started(await nursery.start(start))
 
 
 def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> list[ChildSpec]:

@@ -7,6 +7,7 @@ tests/test_node.py. Real clock: every wait is on a condition, bounded by ``trio.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 from trionsm._cli.config import load_config
+from trionsm.actors._mechanisms import KERNEL, NOOP
 from trionsm.actors.client import EventKind, open_connection
 from trionsm.actors.endpoint import EndpointHandle, serve_endpoint
 from trionsm.actors.lease import serve_service_lease
@@ -178,3 +180,23 @@ async def test_a_stop_keeping_the_dataplane_closes_nothing(tmp_path: Path) -> No
             # Left for the next run of the node to adopt (the endpoint expires it otherwise).
             assert len(endpoint.endpoint.hub) == 1
             assert endpoint.endpoint.counts.closes == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the kernel executor needs root (netlink)")
+async def test_a_crashed_kernel_executor_restarts_the_forwarder_with_it(tmp_path: Path) -> None:
+    config = node_config(tmp_path, mechanisms=(KERNEL, NOOP))
+    with trio.fail_after(BOUND):
+        async with (
+            running_node(tmp_path, config) as (node, _, admin, _),
+            open_connection("noop://svc/nsm-1", nsmgr=node.urls[0]) as conn,
+        ):
+            rows = [a.path for a in (await admin.admin.tree(TreeRequest())).actors]
+            assert rows[0] == "node/kernel"
+            before = node.forwarder
+            await admin.admin.crash(CrashRequest(path="node/kernel"))
+            await conn.wait_for(EventKind.HEALED)  # through the restarted forwarder
+            assert node.forwarder is not None
+            assert node.forwarder is not before
+            restarts = {a.path: a.restarts for a in (await admin.admin.tree(TreeRequest())).actors}
+            assert (restarts["node/kernel"], restarts["node/forwarder"]) == (1, 1)
+            assert restarts["node/nsmgr"] == 0
