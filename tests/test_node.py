@@ -240,3 +240,29 @@ async def test_every_bad_flag_and_config_value_exits_2_naming_it() -> None:
             for path in await trio.Path(directory).iterdir():
                 await path.unlink()  # the config files written here
         assert mesh.leaks() == []
+
+
+async def test_a_node_with_a_remote_registry_and_an_external_forwarder() -> None:
+    with trio.fail_after(BOUND):
+        async with open_process_mesh() as mesh:
+            await mesh.add_registry()
+            registry = mesh.url("registry")
+            node = await start_node(mesh, "--registry", registry, "--forwarder", "external")
+            await mesh.add_forwarder("fwd-x", nsmgr="node-1")
+            await mesh.add_endpoint("nse-1", "svc", nsmgr="node-1", cidr=CIDR)
+            async with open_connection("noop://svc/nsm-1", nsmgr=node.url) as conn:
+                assert conn.connection is not None
+                assert conn.connection.path is not None
+                names = [s.name for s in conn.connection.path.path_segments]
+                assert names[1:] == ["nsmgr-n1", "fwd-x", "nse-1"]
+                shown = await status(mesh)
+                top = [a["path"] for a in shown["actors"] if a["path"].count("/") == 1]
+                assert top == ["node/nsmgr", "node/admin"]  # no registry, no forwarder here
+                assert [r["role"] for r in shown["connections"]] == ["nsmgr"]
+            for role in ("nse-1", "fwd-x", "node-1", "registry"):
+                await stop(mesh, role)
+            # With the node gone, status says so: exit 1 naming the error.
+            gone = await mesh.run("status", "--node", admin_url(mesh), "--timeout", "2s")
+            assert gone.returncode == 1
+            assert gone.stderr.decode().startswith("trionsm status: Unavailable: ")
+        assert mesh.leaks() == []
