@@ -49,6 +49,7 @@ socket after a clean stop, a wire left in a namespace, a namespace that still ex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -102,13 +103,15 @@ class RoleProcess:
         sockets: the unix socket paths it serves on; ready: the stdout prefix saying it is
         ready; urls: what it printed after ``ready`` (its bound URLs); process: the current
         process (None before the first start); pids: every PID it had, in order; returncodes:
-        the exit status of each process that ended (-9 after SIGKILL).
+        the exit status of each process that ended (-9 after SIGKILL); netns: the named network
+        namespace it runs in (``ip netns exec``, which execs: the PID is the role's), None: ours.
     """
 
     name: str
     args: list[str]
     sockets: list[Path]
     ready: str = "serving "
+    netns: str | None = None
     urls: list[str] = attrs.field(factory=list)
     process: trio.Process | None = None
     pids: list[int] = attrs.field(factory=list)
@@ -239,10 +242,12 @@ class ProcessMesh:
         *,
         sockets: Sequence[Path] = (),
         ready: str = "serving ",
+        netns: str | None = None,
     ) -> RoleProcess:
         """Start role ``name`` as ``python -m trionsm.cli <args>``; wait until it is ready.
 
         Ready means one line starting with ``ready`` per ``--listen`` in ``args`` (at least one).
+        ``netns``: run it inside that named namespace (``/run/netns/<netns>``); a restart too.
 
         Raises:
             InvalidArgument: the name is taken by a running role.
@@ -253,15 +258,16 @@ class ProcessMesh:
         if role is not None and role.running:
             raise InvalidArgument(f"role {name!r} is running", hop="process mesh")
         if role is None:
-            role = RoleProcess(name, list(args), list(sockets), ready=ready)
+            role = RoleProcess(name, list(args), list(sockets), ready=ready, netns=netns)
             self.roles[name] = role
         await self._spawn(role)
         return role
 
     async def _spawn(self, role: RoleProcess) -> None:
         role.output = _Output()
+        inside = ["ip", "netns", "exec", role.netns] if role.netns else []
         process = await trio.lowlevel.open_process(
-            [*CLI, *role.args],
+            [*inside, *CLI, *role.args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -480,11 +486,18 @@ class ProcessMesh:
             await delete_netns(name)
 
     def _remove_paths(self) -> None:
-        """Remove the sockets SIGKILLed roles left (exact paths), then the directory."""
+        """Remove the sockets SIGKILLed roles left (exact paths), the empty directories of the
+        mesh's that held them (one per node), then the directory."""
+        parents = set()
         for role in self.roles.values():
             for path in role.sockets:
                 if path.is_socket():
                     path.unlink()
+                parents.add(path.parent)
+        for parent in sorted(parents, key=lambda path: len(path.parts), reverse=True):
+            if parent.is_relative_to(self.directory) and parent != self.directory:
+                with contextlib.suppress(OSError):  # not empty: reported as unexpected below
+                    parent.rmdir()
         if self.directory.exists():
             strays = sorted(entry.name for entry in self.directory.iterdir())
             if strays:

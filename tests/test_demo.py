@@ -1,0 +1,108 @@
+"""``trionsm demo``: the two-node mesh in network namespaces with its two faults, run as the user
+runs it (a subprocess), and the leak check it ends with.
+
+The demo's result is its last stdout line (``--json``); each field is asserted. The leak check
+is tested on its own: it must find a namespace, a link with a mesh forwarder's alias, a process
+and a path deliberately left, and nothing once they are removed. Real clock, bounded waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from trionsm._netmesh import Inventory, aliased_links, find_leaks, process_start_time
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+DEMO_BOUND = 300.0
+"""Seconds the demo may take here (about 15 on an idle machine; 2 busy cores are slower)."""
+
+
+async def test_demo_connects_pings_heals_and_leaves_nothing() -> None:
+    with trio.fail_after(DEMO_BOUND):
+        done = await trio.run_process(
+            [sys.executable, "-m", "trionsm.cli", "demo", "--json"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    output = done.stdout.decode()
+    lines = output.strip().splitlines()
+    assert lines, done.stderr.decode()[-3000:]
+    result = json.loads(lines[-1])
+    context = f"{output[-4000:]}\n{done.stderr.decode()[-3000:]}"
+    assert result["problems"] == [], context
+    assert result["connected"] is True, context
+    assert result["ping_ok"] is True, context
+    assert result["healed"] is True, context
+    assert result["leaked"] == 0, context
+    for field in ("heal_ms", "gap_ms", "forwarder_gap_ms"):
+        assert isinstance(result[field], int | float), (field, context)
+        assert result[field] >= 0, (field, context)
+    # every gap is one of the run's gaps, the heal one is within the fault's gap
+    assert result["gap_ms"] >= result["forwarder_gap_ms"], context
+    assert isinstance(result["wire_kept"], bool), context
+    assert done.returncode == 0, context
+    # readable progress came first: each phase is on screen
+    for phase in ("connected to nse-", "fault 1: SIGKILL of node-1-forwarder", "fault 2: death of",
+                  "reselected nse-", "leaked: 0"):  # fmt: skip
+        assert phase in output, (phase, context)
+
+
+async def _ip(*args: str) -> None:
+    await trio.run_process(["ip", *args], capture_stderr=True)
+
+
+async def test_leak_check_finds_a_namespace_link_process_and_path_left_then_nothing(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(30):
+        name = f"tnsm-leak-{os.getpid()}"
+        inventory = Inventory(owners=["node-9-forwarder"])
+        inventory.namespaces.append(name)
+        await _ip("netns", "add", name)
+        sleeper = await trio.lowlevel.open_process(["sleep", "60"])
+        try:
+            await _ip("-n", name, "link", "add", "leak0", "type", "veth", "peer", "name", "other0")
+            await _ip("-n", name, "link", "set", "leak0", "alias", "trionsm:node-9-forwarder:c-1")
+            started = process_start_time(sleeper.pid)
+            assert started is not None
+            inventory.processes[sleeper.pid] = started
+            inventory.processes[sleeper.pid + 10_000_000] = 1  # no such PID: never reported
+            left = tmp_path / "node-9"
+            left.mkdir()
+            inventory.paths += [left, tmp_path / "never-made.sock"]
+
+            assert await aliased_links(name) == ["leak0 trionsm:node-9-forwarder:c-1"]
+            assert await find_leaks(inventory) == [
+                f"namespace {name}",
+                f"link {name}: leak0 trionsm:node-9-forwarder:c-1",
+                f"process {sleeper.pid}",
+                f"path {left}",
+            ]
+        finally:
+            sleeper.kill()
+            await sleeper.wait()
+            await _ip("netns", "del", name)
+        left.rmdir()
+        assert await find_leaks(inventory) == []
+
+
+async def test_leak_check_ignores_a_pid_now_held_by_another_process() -> None:
+    """A PID is a leak only while the process that had it lives: its start time must match."""
+    with trio.fail_after(30):
+        sleeper = await trio.lowlevel.open_process(["sleep", "60"])
+        try:
+            started = process_start_time(sleeper.pid)
+            assert started is not None
+            inventory = Inventory(processes={sleeper.pid: started - 1})  # another life of it
+            assert await find_leaks(inventory) == []
+        finally:
+            sleeper.kill()
+            await sleeper.wait()
