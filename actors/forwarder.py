@@ -58,7 +58,13 @@ from trionsm.api.connection import Connection, Mechanism
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint, NetworkServiceLabels
 from trionsm.clock import Clock
-from trionsm.errors import FailedPrecondition, InvalidArgument, NotFound, TrionsmError
+from trionsm.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TrionsmError,
+)
 from trionsm.identity import JwtTokenProvider, TokenProvider
 from trionsm.supervision import (
     ActorRef,
@@ -114,6 +120,10 @@ VNI_ATTEMPTS = 4
 """Times a remote wire is tried with a new VNI when the kernel refuses one (VniInUse)."""
 STOP_TIMEOUT = 2 * CLOSE_TIMEOUT
 """Seconds a stopping forwarder gives its connections to close (unless it keeps its data plane)."""
+REMOVE_TIMEOUT = 60.0
+"""Seconds a wire's removal may take, whatever bounds the Close that asked for it: hundreds of
+Closes at once queue behind the executor's teardown lane, and a removal cut short by the Close's
+own bound would leave the wire behind with no connection left to remove it."""
 
 
 class Forwarder(ServerHop):
@@ -455,8 +465,18 @@ class Forwarder(ServerHop):
 
     async def _remove_wire(self, actor: ServerConnection) -> None:
         wire = actor.state.pop("wire", None)
-        if wire is not None and self.dataplane is not None:
+        if wire is None or self.dataplane is None:
+            return
+        # Shielded: the wire has left the connection's state, so this removal is its last one.
+        with trio.move_on_after(REMOVE_TIMEOUT, shield=True) as scope:
             await self.dataplane.remove(wire, hop=self.name)
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(
+                f"removing the wire {wire.spec.description} took over {REMOVE_TIMEOUT:.0f} s "
+                "(the kernel's teardown lane is stuck)",
+                hop=self.name,
+                service=actor.connection.network_service if actor.connection else None,
+            )
 
     async def _close_at(self, next_hop: NextHop, actor: ServerConnection) -> None:
         if actor.connection is not None:
