@@ -50,7 +50,7 @@ async def test_demo_connects_pings_heals_and_leaves_nothing() -> None:
     assert isinstance(result["wire_kept"], bool), context
     assert done.returncode == 0, context
     # readable progress came first: each phase is on screen
-    for phase in ("connected to nse-", "fault 1: SIGKILL of node-1-forwarder", "fault 2: death of",
+    for phase in ("connected to nse-", "fault 1: SIGKILL of forwarder-node-1", "fault 2: death of",
                   "reselected nse-", "leaked: 0"):  # fmt: skip
         assert phase in output, (phase, context)
 

@@ -166,10 +166,12 @@ async def _scenario(mesh: NetMesh, say: Progress, report: DemoReport) -> None:
     await mesh.add_registry()
     say(f"registry serving {mesh.registry_url} on the bridge")
     for index in (1, 2):
-        node = await mesh.add_node(index)
-        say(f"{node.name} ({node.netns}, {node.address}): nsmgr pid {_pid(mesh, node.nsmgr)} "
-            f"({node.nsmgr_url}, {node.public_url}), forwarder pid "
-            f"{_pid(mesh, node.forwarder)} (VXLAN from {node.address})")  # fmt: skip
+        node = await mesh.add_node(index, external_forwarder=index == 1)
+        say(f"{node.name} ({node.netns}, {node.address}): trionsm node pid "
+            f"{_pid(mesh, node.name)}, {node.nsmgr} on {node.nsmgr_url} and "
+            f"{node.public_url}")  # fmt: skip
+        where = f"pid {_pid(mesh, node.forwarder)}" if node.external else "in the node's tree"
+        say(f"  {node.forwarder}: {where}, VXLAN from {node.address}")
     endpoints = {"nse-1": "169.254.101.0/24", "nse-2": "169.254.102.0/24"}
     for name, cidr in endpoints.items():
         pod = await mesh.add_endpoint(name, SERVICE, node="node-2", cidr=cidr)

@@ -4,16 +4,18 @@ Each node is a network namespace on a test bridge, running its roles as processe
 and clients are processes in pod namespaces of their own::
 
     tnsm-<t>-br       br0 169.254.200.254/24   the nodes' network; the registry serves here (:5002)
-     ├─ veth ── tnsm-<t>-node-1   eth0 169.254.200.1/24   nsmgr (:5001), forwarder (--tunnel-ip)
-     └─ veth ── tnsm-<t>-node-2   eth0 169.254.200.2/24   nsmgr (:5001), forwarder (--tunnel-ip)
+     ├─ veth ── tnsm-<t>-node-1   eth0 169.254.200.1/24   trionsm node (nsmgr :5001) + forwarder
+     └─ veth ── tnsm-<t>-node-2   eth0 169.254.200.2/24   trionsm node (nsmgr :5001, forwarder)
     tnsm-<t>-<pod>    one per NSE (its ICMP responder's ends) and per NSC (its interface)
 
 Nothing is routed out: the addresses are link-local and live only in these namespaces. Each
 node's unix sockets are in its own directory of one temporary directory
-(``/tmp/trionsm-XXXX/node-1/nsmgr.sock``); workloads reach their node's nsmgr there (a unix
+(``/tmp/trionsm-XXXX/node-1/nsm.io.sock``); workloads reach their node's nsmgr there (a unix
 socket is a path, not an address of a namespace), nsmgrs reach the registry and each other over
 TCP on the bridge, and forwarders carry remote KERNEL wires over VXLAN between the nodes'
-bridge addresses.
+bridge addresses. A node is a ``trionsm node`` process (nsmgr, admin service and, unless the
+forwarder is external, the forwarder in one supervision tree); an external forwarder is a
+``trionsm forwarder`` process of its own in the node's namespace.
 
 Processes are run and restarted through :class:`~trionsm._processes.ProcessMesh` (``ip netns
 exec`` execs, so each role's PID is the one signalled). Every namespace, PID (with its start time)
@@ -86,13 +88,23 @@ class Node:
     netns: str
     address: str
     directory: Path
-    nsmgr: str
-    forwarder: str
+    external: bool
+    """Whether its forwarder is a process of its own (role :attr:`forwarder`)."""
+
+    @property
+    def nsmgr(self) -> str:
+        """Its nsmgr's name (a path segment)."""
+        return f"nsmgr-{self.name}"
+
+    @property
+    def forwarder(self) -> str:
+        """Its forwarder's name (a path segment, the owner in its wires' aliases)."""
+        return f"forwarder-{self.name}"
 
     @property
     def nsmgr_url(self) -> str:
-        """Where the node's workloads reach its nsmgr (its unix socket)."""
-        return f"unix://{self.directory / 'nsmgr.sock'}"
+        """Where the node's workloads reach its nsmgr (its unix socket, NSM's name)."""
+        return f"unix://{self.directory / 'nsm.io.sock'}"
 
     @property
     def public_url(self) -> str:
@@ -123,6 +135,8 @@ class NetMesh:
         self.bridge = f"tnsm-{token}-br"
         self.nodes: dict[str, Node] = {}
         self.pods: dict[str, Pod] = {}
+        self.files: list[Path] = []
+        """Files the mesh wrote (node configs), removed once the processes stopped."""
         self.registry_url = f"tcp://{BRIDGE_ADDRESS}:{REGISTRY_PORT}"
         inventory.paths.append(processes.directory)
 
@@ -222,9 +236,9 @@ class NetMesh:
         args = ["registry", "--name", "registry", "--listen", self.registry_url]
         return await self.start("registry", args, netns=self.bridge)
 
-    async def add_node(self, index: int) -> Node:
+    async def add_node(self, index: int, *, external_forwarder: bool = False) -> Node:
         """Node ``node-<index>``: its namespace on the bridge (``169.254.200.<index>``), its
-        socket directory and its roles (see :func:`start_node`)."""
+        socket directory and its processes (see :func:`start_node`)."""
         name = f"node-{index}"
         netns = await self._namespace(name)
         address = f"169.254.200.{index}"
@@ -232,7 +246,7 @@ class NetMesh:
         directory = self.processes.directory / name
         directory.mkdir()
         self.inventory.paths.append(directory)
-        node = Node(name, netns, address, directory, f"{name}-nsmgr", f"{name}-forwarder")
+        node = Node(name, netns, address, directory, external_forwarder)
         self.nodes[name] = node
         self.inventory.owners.append(node.forwarder)
         await start_node(self, node)
@@ -288,17 +302,26 @@ class NetMesh:
 
 
 async def start_node(mesh: NetMesh, node: Node) -> None:
-    """Start ``node``'s roles in its namespace: its nsmgr (unix socket for its workloads, TCP on
-    the bridge for other nodes, the mesh's registry) and its forwarder as a process of its own
-    (KERNEL and NOOP, VXLAN from the node's bridge address)."""
-    nsmgr_sock, forwarder_sock = node.directory / "nsmgr.sock", node.directory / "forwarder.sock"
-    args = ["nsmgr", "--name", node.nsmgr, "--listen", f"unix://{nsmgr_sock}",
-            "--listen", node.public_url, "--registry", mesh.registry_url]  # fmt: skip
-    await mesh.start(node.nsmgr, args, netns=node.netns, sockets=[nsmgr_sock])
-    args = ["forwarder", "--name", node.forwarder, "--listen", f"unix://{forwarder_sock}",
-            "--nsmgr", node.nsmgr_url, "--mechanism", "kernel", "--mechanism", "noop",
-            "--tunnel-ip", node.address]  # fmt: skip
-    await mesh.start(node.forwarder, args, netns=node.netns, sockets=[forwarder_sock])
+    """Start ``node``'s processes in its namespace: ``trionsm node`` (its nsmgr on NSM's socket
+    for its workloads and on TCP on the bridge for other nodes, the mesh's registry, its admin
+    service) with its forwarder inside or, ``external``, a ``trionsm forwarder`` process beside
+    it; the forwarder programs KERNEL and NOOP, and VXLAN from the node's bridge address."""
+    directory = node.directory
+    sockets = [directory / "nsm.io.sock", directory / "admin.sock", directory / "forwarder.sock"]
+    config = directory.parent / f"{node.name}.toml"  # (not in its directory: sockets only)
+    config.write_text(f'[forwarder]\ntunnel_ip = "{node.address}"\n')
+    mesh.files.append(config)
+    mesh.inventory.paths.append(config)
+    mode = "external" if node.external else "internal"
+    args = ["node", "--config", str(config), "--name", node.name, "--dir", str(directory),
+            "--listen", node.nsmgr_url, "--listen", node.public_url,
+            "--registry", mesh.registry_url, "--forwarder", mode]  # fmt: skip
+    await mesh.start(node.name, args, netns=node.netns, sockets=sockets[: 3 - node.external])
+    if node.external:
+        args = ["forwarder", "--name", node.forwarder, "--listen", f"unix://{sockets[2]}",
+                "--nsmgr", node.nsmgr_url, "--mechanism", "kernel", "--mechanism", "noop",
+                "--tunnel-ip", node.address]  # fmt: skip
+        await mesh.start(node.forwarder, args, netns=node.netns, sockets=sockets[2:])
 
 
 @asynccontextmanager
@@ -330,15 +353,17 @@ async def open_netmesh(
             finally:
                 with trio.CancelScope(shield=True):
                     await _stop_roles(processes)
+                    for path in mesh.files:
+                        path.unlink(missing_ok=True)
                     unclean += [f"left behind: {i}" for i in await mesh.node_interfaces()]
     finally:
         inventory.unclean += unclean
 
 
 async def _stop_roles(processes: ProcessMesh) -> None:
-    """Stop the roles in dependency order: NSCs, NSEs, forwarders, nsmgrs, the registry (so each
+    """Stop the roles in dependency order: NSCs, NSEs, forwarders, nodes, the registry (so each
     unregisters and closes through peers still there)."""
-    order = ("nsc", "nse", "forwarder", "nsmgr", "registry")
+    order = ("nsc", "nse", "forwarder", "node", "nsmgr", "registry")
     for kind in order:
         async with trio.open_nursery() as nursery:
             for role in processes.roles.values():
