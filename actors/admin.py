@@ -49,15 +49,22 @@ HopsView = Callable[[], Sequence[tuple[str, ServerHop]]]
 """The node's hops now: ``[(role, hop), ...]`` (``("nsmgr", nsmgr)``, ``("forwarder", ...)``)."""
 
 
-def tree_rows(tree: SupervisorTree) -> Iterator[Actor]:
-    """Every child of ``tree`` as an admin ``Actor`` row, depth first in start order."""
-    for path, node in tree.walk():
-        yield _row(path, node)
+def tree_rows(tree: SupervisorTree, base: str = "", depth: int = 0) -> Iterator[Actor]:
+    """Every child below ``tree`` as an admin ``Actor`` row, depth first in start order, with
+    its path as :meth:`SupervisorTree.walk` gives it."""
+    base = base or tree.name
+    for node in tree.children:
+        path = f"{base}/{node.id}"
+        yield _row(path, node, depth)
+        if node.supervisor is not None:
+            yield from tree_rows(node.supervisor, path, depth + 1)
 
 
-def _row(path: str, node: ChildNode) -> Actor:
+def _row(path: str, node: ChildNode, depth: int) -> Actor:
     return Actor(
         path=path,
+        id=node.id,
+        depth=depth,
         kind=node.type.value,
         status=node.state.value,
         restarts=node.restarts,

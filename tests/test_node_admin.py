@@ -84,7 +84,12 @@ async def test_tree_lists_every_role_by_path(tmp_path: Path) -> None:
             top = [a.path for a in tree.actors if a.path.count("/") == 1]
             assert top == ["node/registry", "node/nsmgr", "node/forwarder", "node/admin"]
             rows = {a.path: a for a in tree.actors}
-            assert "node/forwarder/lease" in rows
+            assert (rows["node/forwarder/lease"].id, rows["node/forwarder/lease"].depth) == (
+                "lease",
+                1,
+            )
+            registry_urls = [a for a in tree.actors if a.id.startswith("listen:inproc://")]
+            assert [a.depth for a in registry_urls] == [1]  # an id with "/" in it
             assert (rows["node/forwarder"].kind, rows["node/forwarder"].strategy) == (
                 "supervisor",
                 "rest_for_one",

@@ -76,6 +76,8 @@ async def fetch(url: str, bound: float) -> tuple[TreeResponse, list[HopConnectio
 def _actor(row: Actor) -> dict[str, Any]:
     return {
         "path": row.path,
+        "id": row.id,
+        "depth": row.depth,
         "kind": row.kind,
         "status": row.status,
         "restarts": row.restarts,
@@ -121,8 +123,7 @@ def _print_tables(tree: TreeResponse, connections: list[HopConnection]) -> None:
         right = column == "restarts"
         actors.add_column(column, justify="right" if right else "left", overflow="fold")
     for row in tree.actors:
-        depth = row.path.count("/") - 1
-        name = "  " * depth + row.path.rsplit("/", 1)[-1]
+        name = "  " * row.depth + row.id
         kind = f"{row.kind} ({row.strategy})" if row.strategy else row.kind
         status = row.status if row.status == "running" else f"[bold red]{row.status}[/]"
         actors.add_row(name, kind, status, str(row.restarts), row.last_exit)

@@ -74,6 +74,16 @@ class Actor(betterproto2.Message):
     for a supervisor: "one_for_one", "rest_for_one", ...
     """
 
+    id: "str" = betterproto2.field(8, betterproto2.TYPE_STRING)
+    """
+    the child's id (the path's last part; an id may contain "/")
+    """
+
+    depth: "int" = betterproto2.field(9, betterproto2.TYPE_UINT32)
+    """
+    0 for the root supervisor's children
+    """
+
 
 default_message_pool.register_message("trionsm.admin.v1", "Actor", Actor)
 
