@@ -106,3 +106,20 @@ async def test_leak_check_ignores_a_pid_now_held_by_another_process() -> None:
         finally:
             sleeper.kill()
             await sleeper.wait()
+
+
+async def test_nse_ipam_policy_takes_polymorphic_or_strict_only() -> None:
+    """The demo's NSEs run with ``--ipam-policy strict`` (a reselected client gets the new
+    endpoint's addresses only, asserted by the demo's ``healed``); another value exits 2."""
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            [sys.executable, "-m", "trionsm.cli", "nse", "--name", "n", "--service", "s",
+             "--cidr", "169.254.1.0/24", "--listen", "unix:///tmp/never.sock",
+             "--nsmgr", "unix:///tmp/never-nsmgr.sock", "--ipam-policy", "loose"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert "--ipam-policy" in done.stderr.decode()
+    assert "'loose'" in done.stderr.decode()

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import Any
 
 import attrs
 import trio
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from trionsm._netmesh import Inventory, NetMesh, Pod, find_leaks, link_index, open_netmesh
 from trionsm._probes import Event, EventLog, Pinger
@@ -83,18 +85,29 @@ def _ms(seconds: float | None) -> float | None:
 
 
 class Progress:
-    """Readable progress lines: ``[  1.23s] text``, seconds since the demo started."""
+    """Readable progress lines on a rich console: ``  1.23s text``, seconds since the demo
+    started; sections as rules; what went well in green, faults in yellow, failures in red
+    (plain text when the output is not a terminal)."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.start = trio.current_time()
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, text: str, *, style: str = "") -> None:
         elapsed = trio.current_time() - self.start
-        print(f"[{elapsed:6.2f}s] {text}", file=self.out, flush=True)
+        self.console.print(Text.assemble((f"{elapsed:6.2f}s ", "dim"), (text, style)))
+
+    def good(self, text: str) -> None:
+        self(text, style="green")
+
+    def fault(self, text: str) -> None:
+        self(text, style="yellow")
+
+    def bad(self, text: str) -> None:
+        self(text, style="bold red")
 
     def section(self, title: str) -> None:
-        print(f"\n== {title}", file=self.out, flush=True)
+        self.console.rule(Text(title, style="bold"), align="left")
 
 
 class _Failed(Exception):
@@ -126,7 +139,7 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 def _record(report: DemoReport, say: Progress, exc: BaseException) -> None:
     problem = f"{type(exc).__name__}: {exc}"
     report.problems.append(problem)
-    say(f"FAILED: {problem}")
+    say.bad(f"FAILED: {problem}")
 
 
 async def run_demo(progress: Progress | None = None) -> DemoReport:
@@ -153,8 +166,8 @@ async def run_demo(progress: Progress | None = None) -> DemoReport:
         f"{len(inventory.paths)} paths, links with a trionsm: alias of "
         f"{', '.join(inventory.owners)}")  # fmt: skip
     for line in [*unclean, *leaks]:
-        say(f"  left: {line}")
-    say(f"leaked: {report.leaked}")
+        say.bad(f"  left: {line}")
+    (say.good if report.leaked == 0 else say.bad)(f"leaked: {report.leaked}")
     report.problems += [f"left: {line}" for line in leaks]
     return report
 
@@ -185,13 +198,13 @@ async def _scenario(mesh: NetMesh, say: Progress, report: DemoReport) -> None:
         await nursery.start(log.serve)
         first = log.events[0]
         report.connected = True
-        say(f"nsc-1 on node-1 connected to {first.endpoint}: {_wire(first)}")
+        say.good(f"nsc-1 on node-1 connected to {first.endpoint}: {_wire(first)}")
         say(f"path: {' -> '.join(first.path)}")
         pinger = Pinger(nsc.netns_url, target=first.target)
         await nursery.start(pinger.serve)
         started = trio.current_time()
         await _bounded(pinger.wait_reply(after=started), "the first ping through the wire")
-        say(f"ping {first.target} from nsc-1's namespace: answered, through the vWire "
+        say.good(f"ping {first.target} from nsc-1's namespace: answered, through the vWire "
             f"(every {pinger.interval * 1000:.0f} ms from now on)")  # fmt: skip
         try:
             await _forwarder_fault(mesh, say, report, log, pinger, nsc)
@@ -217,22 +230,24 @@ async def _forwarder_fault(
     before = await link_index(nsc.netns, "nsm-1")
     killed = trio.current_time()
     await mesh.kill(forwarder)
-    say(f"{forwarder} killed (no cleanup: its wires stay in the kernel)")
+    say.fault(f"{forwarder} killed (no cleanup: its wires stay in the kernel)")
     await mesh.restart(forwarder)
     say(f"{forwarder} started again on the same socket (pid {_pid(mesh, forwarder)}); it scans "
         f"for its wires and adopts what re-requests claim")  # fmt: skip
     healed = await _bounded(
         log.wait_for(lambda e: e.kind == "healed", after=killed), "the NSC's re-request"
     )
-    say(f"nsc-1: {healed.reason} ({_ms(healed.at - killed)} ms after the kill), "
+    say.good(f"nsc-1: {healed.reason} ({_ms(healed.at - killed)} ms after the kill), "
         f"{healed.endpoint} {_wire(healed)}")  # fmt: skip
     await _bounded(_replies_since(pinger, healed.at, 10), "pings after the re-request")
     after = await link_index(nsc.netns, "nsm-1")
     report.wire_kept = before is not None and before == after
     report.forwarder_gap_ms = pinger.longest_gap(killed, trio.current_time())
-    kept = "the same interface (ifindex " + str(after) + ")" if report.wire_kept else (
-        f"a new interface (ifindex {before} -> {after})")  # fmt: skip
-    say(f"wire: {kept}; longest ping gap since the kill {_ms(report.forwarder_gap_ms)} ms")
+    gap = f"longest ping gap since the kill {_ms(report.forwarder_gap_ms)} ms"
+    if report.wire_kept:
+        say.good(f"wire adopted as it was: the same interface (ifindex {after}); {gap}")
+    else:
+        say.fault(f"wire replaced: a new interface (ifindex {before} -> {after}); {gap}")
 
 
 async def _endpoint_fault(
@@ -247,7 +262,7 @@ async def _endpoint_fault(
     say.section(f"fault 2: death of {victim}, the NSE in use (pid {_pid(mesh, victim)})")
     killed = trio.current_time()
     await mesh.kill_pod(victim)
-    say(f"{victim} killed (SIGKILL) and its pod's namespace deleted")
+    say.fault(f"{victim} killed (SIGKILL), its pod's interfaces and namespace deleted")
     moved = await _bounded(
         log.wait_for(
             lambda e: e.kind in ("healed", "connected") and e.endpoint not in ("", victim),
@@ -256,21 +271,23 @@ async def _endpoint_fault(
         f"a heal onto an NSE other than {victim}",
     )
     report.heal_ms = moved.at - killed
-    say(f"nsc-1 reselected {moved.endpoint}: {_wire(moved)} in {_ms(report.heal_ms)} ms "
+    say.good(f"nsc-1 reselected {moved.endpoint}: {_wire(moved)} in {_ms(report.heal_ms)} ms "
         f"(NSE death -> connection UP on the other NSE)")  # fmt: skip
     say(f"path: {' -> '.join(moved.path)}")
-    kept = [address for address in moved.dst if address in current.dst]
+    kept = [address for address in (*moved.src, *moved.dst) if address in current.dst]
+    kept += [address for address in moved.src if address in current.src]
     if kept:
-        say(f"note: the new connection still carries the old endpoint's {', '.join(kept)}")
+        report.problems.append(f"the new connection still carries the old wire's {kept}")
+        say.bad(report.problems[-1])
     target = moved.new_target(current.dst)
     pinger.target = target
     answered = await _bounded(
         pinger.wait_reply(after=moved.at, target=target), f"a ping answered at {target}"
     )
-    report.healed = not any(address.split("/")[0] == target for address in current.dst)
+    report.healed = not kept
     report.ping_ok = True
     gap = pinger.longest_gap(killed, answered)
-    say(f"ping {target} (new address): answered through the new wire; ping gap over the "
+    say.good(f"ping {target} (new address): answered through the new wire; ping gap over the "
         f"fault {_ms(gap)} ms")  # fmt: skip
 
 
@@ -294,6 +311,34 @@ def _pid(mesh: NetMesh, name: str) -> int | str:
 
 def _wire(event: Event) -> str:
     return f"{event.interface or '-'} {','.join(event.src)} -> {','.join(event.dst)}"
+
+
+def summary_table(report: DemoReport) -> Table:
+    """The report as a table: each check, its figure, and whether it passed."""
+    table = Table(title="trionsm demo", title_justify="left")
+    for column in ("check", "result", ""):
+        table.add_column(column)
+
+    def row(check: str, result: str, good: bool | None) -> None:
+        mark = {True: "[green]ok[/]", False: "[red]FAILED[/]", None: "[yellow]note[/]"}[good]
+        table.add_row(check, result, mark)
+
+    row("connected (NSC on node-1 -> NSE on node-2, VXLAN)", str(report.connected),
+        report.connected)  # fmt: skip
+    row("ping through the wire, then through the new one", str(report.ping_ok), report.ping_ok)
+    row("forwarder SIGKILL: longest ping gap", _figure(report.forwarder_gap_ms), None)
+    row("forwarder SIGKILL: wire adopted as it was", str(report.wire_kept),
+        True if report.wire_kept else None)  # fmt: skip
+    row("NSE death: healed onto the other NSE, new addresses", str(report.healed), report.healed)
+    row("NSE death -> connection UP on the other NSE", _figure(report.heal_ms), None)
+    row("longest ping gap over the run", _figure(report.gap_ms), None)
+    row("left behind (namespaces, links, processes, sockets)", str(report.leaked),
+        report.leaked == 0)  # fmt: skip
+    return table
+
+
+def _figure(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{_ms(seconds)} ms"
 
 
 def print_json(report: DemoReport, out: Callable[[str], object] = print) -> None:

@@ -255,11 +255,13 @@ class NetMesh:
     async def add_endpoint(
         self, name: str, service: str, *, node: str, cidr: str, mtu: int | None = None
     ) -> Pod:
-        """An ICMP-responder NSE serving ``service`` in a pod of its own on ``node``."""
+        """An ICMP-responder NSE serving ``service`` in a pod of its own on ``node``, with NSM's
+        strict IPAM policy (a client healed onto it gets its addresses only)."""
         pod = await self._pod(name, node)
         sock = pod.node.directory / f"{name}.sock"
         args = ["nse", "--name", name, "--service", service, "--cidr", cidr, "--netns", pod.netns,
-                "--listen", f"unix://{sock}", "--nsmgr", pod.node.nsmgr_url]  # fmt: skip
+                "--listen", f"unix://{sock}", "--nsmgr", pod.node.nsmgr_url,
+                "--ipam-policy", "strict"]  # fmt: skip
         args += ["--mtu", str(mtu)] if mtu is not None else []
         await self.start(name, args, netns=pod.netns, sockets=[sock])
         return pod

@@ -18,8 +18,10 @@ import shutil
 import sys
 
 import trio
+from rich.console import Console
+from rich.text import Text
 
-from trionsm._demo import DemoReport, Progress, print_json, run_demo
+from trionsm._demo import DemoReport, Progress, print_json, run_demo, summary_table
 
 __all__ = ["add_parser", "run"]
 
@@ -47,14 +49,19 @@ def run(args: argparse.Namespace) -> int:
         print("trionsm demo: needs root and iproute2's 'ip' (it makes network namespaces)",
               file=sys.stderr)  # fmt: skip
         return 1
-    report = trio.run(_main)
-    if args.json:
-        print_json(report)
+    console = Console(highlight=False, soft_wrap=True)
+    report = trio.run(_main, console)
+    console.print()
+    console.print(summary_table(report))
+    if report.ok:
+        console.print("[bold green]demo OK[/]")
     else:
-        verdict = "OK" if report.ok else "FAILED: " + "; ".join(report.problems or ["see above"])
-        print(f"\ndemo {verdict}")
+        problems = "; ".join(report.problems or ["see above"])
+        console.print(Text(f"demo FAILED: {problems}", style="bold red"))
+    if args.json:
+        print_json(report)  # the last line, plain (never wrapped or styled)
     return 0 if report.ok else 1
 
 
-async def _main() -> DemoReport:
-    return await run_demo(Progress())
+async def _main(console: Console) -> DemoReport:
+    return await run_demo(Progress(console))

@@ -86,6 +86,14 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the MTU its end of each KERNEL wire asks for (68..65535; the wire takes the "
         "smallest the client, the endpoint and the connection ask for)",
     )
+    parser.add_argument(
+        "--ipam-policy",
+        choices=("polymorphic", "strict"),
+        default="polymorphic",
+        help="NSM's NSM_IPAM_POLICY: polymorphic (default) keeps a request's addresses from "
+        "outside --cidr; strict drops them, so a client healed here from another endpoint "
+        "gets this endpoint's addresses only",
+    )
 
 
 async def serve_nse(args: argparse.Namespace, *, task_status: trio.TaskStatus[Any]) -> None:
@@ -107,6 +115,7 @@ async def serve_nse(args: argparse.Namespace, *, task_status: trio.TaskStatus[An
                 labels=args.labels,
                 netns=args.netns,
                 mtu=args.mtu,
+                strict_ipam=args.ipam_policy == "strict",
             )
         )
         task_status.started(handle)
