@@ -101,6 +101,7 @@ class _Running:
     forwarder: ForwarderHandle | None = None
     stopping: bool = False
     kernel_lost: trio.Event = attrs.field(factory=trio.Event)  # the executor's end, per incarnation
+    bound: dict[str, list[str]] = attrs.field(factory=dict)  # each role's first bound URLs
 
     def hops(self) -> list[tuple[str, ServerHop]]:
         found: list[tuple[str, ServerHop]] = []
@@ -177,6 +178,9 @@ async def _run_role(
     is stopping."""
 
     def started(handle: Any) -> None:
+        urls = getattr(handle, "urls", None)
+        if urls and role not in running.bound:  # a restart listens where the first run did
+            running.bound[role] = list(urls)
         hop = getattr(handle, role, None)
         if isinstance(hop, ServerHop):
             hop.before_request = _refuse_while_stopping(running, hop.name)
@@ -203,28 +207,34 @@ def _tokens(role: str, name: str, config: NodeConfig, clock: Clock | None) -> Jw
     return JwtTokenProvider(subject, lifetime=config.nsmgr.token_lifetime, clock=clock)
 
 
-def _registry(config: NodeConfig, running: _Running) -> Callable[..., Awaitable[None]]:
+async def _serve_registry(
+    config: NodeConfig, running: _Running, *, task_status: trio.TaskStatus[RegistryHandle]
+) -> None:
     registry = config.registry
-    return partial(
-        serve_registry,
-        [_registry_url(config, running), *registry.listen],
+    await serve_registry(
+        running.bound.get("registry") or [_registry_url(config, running), *registry.listen],
         store=registry.store,
         expiry=registry.expiry,
         hop=f"registry-{config.name}",
+        task_status=task_status,
     )
 
 
-def _nsmgr(
-    config: NodeConfig, running: _Running, clock: Clock | None
-) -> Callable[..., Awaitable[None]]:
-    return partial(
-        serve_nsmgr,
+async def _serve_nsmgr(
+    config: NodeConfig,
+    running: _Running,
+    clock: Clock | None,
+    *,
+    task_status: trio.TaskStatus[NsmgrHandle],
+) -> None:
+    await serve_nsmgr(
         config.nsmgr_name,
-        list(config.nsmgr.listen),
+        running.bound.get("nsmgr") or list(config.nsmgr.listen),
         registry=_registry_url(config, running),
         public_url=config.nsmgr.public_url,
         tokens=_tokens("nsmgr", config.nsmgr_name, config, clock),
         clock=clock,
+        task_status=task_status,
     )
 
 
@@ -278,8 +288,8 @@ def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> lis
         children.append(ChildSpec("kernel", partial(_serve_kernel, running)))
     roles: list[tuple[str, Callable[..., Awaitable[None]]]] = []
     if not config.registry.remote:
-        roles.append(("registry", _registry(config, running)))
-    roles.append(("nsmgr", _nsmgr(config, running, clock)))
+        roles.append(("registry", partial(_serve_registry, config, running)))
+    roles.append(("nsmgr", partial(_serve_nsmgr, config, running, clock)))
     if config.forwarder.internal:
         roles.append(("forwarder", partial(_serve_forwarder, config, running, clock)))
     for role, serve in roles:

@@ -205,3 +205,24 @@ async def test_a_crashed_kernel_executor_restarts_the_forwarder_with_it(tmp_path
             restarts = {a.path: a.restarts for a in (await admin.admin.tree(TreeRequest())).actors}
             assert (restarts["node/kernel"], restarts["node/forwarder"]) == (1, 1)
             assert restarts["node/nsmgr"] == 0
+
+
+async def test_a_crashed_nsmgr_restarts_on_the_ports_it_had(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        {
+            "": {"name": "n1", "dir": tmp_path},
+            "nsmgr": {"listen": (f"unix://{tmp_path}/nsm.io.sock", "tcp://127.0.0.1:0")},
+            "forwarder": {"mechanisms": ("NOOP",)},
+        },
+    )
+    with trio.fail_after(BOUND):
+        async with (
+            running_node(tmp_path, config) as (node, _, admin, _),
+            open_connection("noop://svc/nsm-1", nsmgr=node.urls[1]) as conn,  # over TCP
+        ):
+            assert node.urls[1] != "tcp://127.0.0.1:0"
+            await admin.admin.crash(CrashRequest(path="node/nsmgr"))
+            await conn.wait_for(EventKind.HEALED)
+            assert node.nsmgr is not None
+            assert node.nsmgr.urls == node.urls  # the same socket and the same TCP port
