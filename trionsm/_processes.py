@@ -52,7 +52,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -65,6 +64,15 @@ from pathlib import Path
 import attrs
 import trio
 
+from trionsm._namespaces import (
+    delete_namespaces,
+    delete_netns,
+    make_netns,
+    netns_exists,
+    netns_name,
+    netns_url,
+    remaining,
+)
 from trionsm.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 __all__ = ["ProcessMesh", "RoleProcess", "delete_netns", "make_netns", "open_process_mesh"]
@@ -75,7 +83,6 @@ DEFAULT_START_TIMEOUT = 30.0
 DEFAULT_STOP_GRACE = 10.0
 """Seconds a role may take to stop after SIGTERM before it gets SIGKILL."""
 _STDERR_KEPT = 16_384
-_NETNS_DIR = Path("/run/netns")
 _ALIAS_PREFIX = "trionsm:"  # every interface the data plane makes carries it (kernel package)
 
 
@@ -446,9 +453,7 @@ class ProcessMesh:
 
         The mesh deletes it by its exact name when it exits.
         """
-        name = await make_netns(prefix)
-        self.namespaces.append(name)
-        return f"file://{_NETNS_DIR / name}"
+        return netns_url(await make_netns(prefix, into=self.namespaces))
 
     async def remove_netns(self, url: str) -> None:
         """Delete one of the mesh's namespaces now (``file:///run/netns/<name>``), as when a pod
@@ -457,7 +462,7 @@ class ProcessMesh:
         Raises:
             InvalidArgument: not a namespace this mesh made.
         """
-        name = url.removeprefix(f"file://{_NETNS_DIR}/")
+        name = netns_name(url)
         if name not in self.namespaces:
             raise InvalidArgument(f"{url!r} is not a namespace of this mesh", hop="process mesh")
         await delete_netns(name)
@@ -467,7 +472,7 @@ class ProcessMesh:
         ``<namespace>: <interface> <alias>``."""
         found = []
         for name in self.namespaces:
-            if (_NETNS_DIR / name).exists():
+            if netns_exists(name):  # checked just before its turn: a pod may die meanwhile
                 found += [f"{name}: {link}" for link in await _aliased_links(name)]
         return found
 
@@ -482,8 +487,7 @@ class ProcessMesh:
                         nursery.start_soon(self.stop, role.name)
         self._remove_paths()
         self.unclean += [f"left behind: {wire}" for wire in await self.wires()]
-        for name in self.namespaces:
-            await delete_netns(name)
+        await delete_namespaces(self.namespaces)
 
     def _remove_paths(self) -> None:
         """Remove the sockets SIGKILLed roles left (exact paths), the empty directories of the
@@ -519,7 +523,7 @@ class ProcessMesh:
             found += [f"{role.name}: {path} exists" for path in role.sockets if path.exists()]
         if self.directory.exists():
             found.append(f"{self.directory} exists")
-        found += [f"namespace {name} exists" for name in self.namespaces if _netns_exists(name)]
+        found += [f"namespace {name} exists" for name in remaining(self.namespaces)]
         return found
 
 
@@ -557,33 +561,7 @@ async def open_process_mesh(
                     await mesh._teardown()
     finally:
         _remove_tree(directory)  # the nursery failed before the mesh existed
-        with trio.CancelScope(shield=True):
-            for name in namespaces:
-                await delete_netns(name)
-
-
-async def make_netns(prefix: str = "tnsm-") -> str:
-    """Make a network namespace ``<prefix><8 random hex digits>`` (``ip netns add``); its name.
-
-    Raises:
-        subprocess.CalledProcessError: ``ip`` refused (not root, a name taken).
-    """
-    name = f"{prefix}{secrets.token_hex(4)}"
-    await trio.run_process(["ip", "netns", "add", name], capture_stderr=True)
-    return name
-
-
-async def delete_netns(name: str) -> None:
-    """Delete the namespace ``name`` by its exact name (shielded; gone already is fine)."""
-    with trio.CancelScope(shield=True):
-        if _netns_exists(name):
-            await trio.run_process(
-                ["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL
-            )
-
-
-def _netns_exists(name: str) -> bool:
-    return (_NETNS_DIR / name).exists()
+        await delete_namespaces(namespaces)
 
 
 async def _aliased_links(name: str) -> list[str]:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
@@ -52,6 +51,14 @@ import attrs
 import trio
 import trio.testing
 
+from trionsm._namespaces import (
+    create_netns,
+    delete_namespaces,
+    delete_netns,
+    make_netns,
+    netns_name,
+    netns_url,
+)
 from trionsm._processes import ProcessMesh, RoleProcess, open_process_mesh
 from trionsm.actors._connection import ServerHop
 from trionsm.actors._mechanisms import KERNEL, NOOP, VXLAN
@@ -286,10 +293,7 @@ class Mesh:
 
         The mesh deletes it by its exact name when it exits (after its executor has let go).
         """
-        name = f"{prefix}{secrets.token_hex(4)}"
-        self.namespaces.append(name)
-        await trio.run_process(["ip", "netns", "add", name])
-        return f"file:///run/netns/{name}"
+        return netns_url(await make_netns(prefix, into=self.namespaces))
 
     async def remove_netns(self, url: str) -> None:
         """Delete the namespace ``file:///run/netns/<name>`` now, as when a pod dies.
@@ -297,7 +301,6 @@ class Mesh:
         The mesh's executor first lets go of it (idle handles close), so nothing of ours keeps
         it, and its interfaces, alive. Idempotent.
         """
-        name = url.removeprefix("file:///run/netns/")
         if self.netlink is not None:
             from trionsm.errors import NotFound
             from trionsm.kernel import resolve_namespace
@@ -306,7 +309,7 @@ class Mesh:
                 self.netlink.forget(await resolve_namespace(url))
             except NotFound:
                 return
-        await trio.run_process(["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL)
+        await delete_netns(netns_name(url))
 
     # -- leaks -----------------------------------------------------------------------------------
 
@@ -392,21 +395,19 @@ class Underlay:
 
     def url(self, node: int) -> str:
         """``node``'s underlay namespace, as a ``file:///run/netns/`` URL."""
-        return f"file:///run/netns/{self.names[node]}"
+        return netns_url(self.names[node])
 
     async def add(self, node: int) -> None:
         """Make ``node``'s underlay namespace and plug it into the bridge (the bridge first)."""
         if not self.names:
-            self._namespaces.append(self.bridge)
-            await _ip("netns", "add", self.bridge)
+            await create_netns(self.bridge, into=self._namespaces)
             await _ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
             await _ip("-n", self.bridge, "link", "set", "br0", "up")
         address = self.address(node)
         name = f"tnsm-ul{node}-{self.token}"
         self.names[node] = name
-        self._namespaces.append(name)
         port = f"n{node}"
-        await _ip("netns", "add", name)
+        await create_netns(name, into=self._namespaces)
         await _ip("-n", name, "link", "add", "ul0", "type", "veth", "peer", "name", port,
                   "netns", self.bridge)  # fmt: skip
         await _ip("-n", self.bridge, "link", "set", port, "master", "br0", "up")
@@ -460,7 +461,7 @@ async def open_mesh(
     """
     namespaces: list[str] = []
     async with AsyncExitStack() as stack:  # on exit: the actors, then the executor, then netns
-        stack.push_async_callback(_delete_namespaces, namespaces)
+        stack.push_async_callback(delete_namespaces, namespaces)
         netlink = underlay = None
         if kernel:
             from trionsm.kernel import open_netlink
@@ -483,12 +484,3 @@ async def open_mesh(
             yield mesh
         finally:
             nursery.cancel_scope.cancel()
-
-
-async def _delete_namespaces(names: list[str]) -> None:
-    """Delete the namespaces ``names`` by their exact names (shielded; gone already is fine)."""
-    with trio.CancelScope(shield=True):
-        for name in names:
-            await trio.run_process(
-                ["ip", "netns", "del", name], check=False, stderr=subprocess.DEVNULL
-            )
