@@ -21,6 +21,8 @@ Map:
   :func:`scan_namespaces` finds a forwarder's :class:`Interface` s in every namespace of the
   host; :func:`inspect_wire` compares the interfaces a plan names with it (an
   :class:`Inspection`: adopt as it is, or why not) and :func:`lookup` reads one;
+  :func:`inspect_vxlan_end` does the same for one side's vxlan end (:class:`VxlanInspection`:
+  VNI, tunnel, underlay, MAC, MTU, addresses, routes, neighbours);
   :func:`remove_interfaces` removes exactly (namespace, index and alias).
 * :func:`ping` and :func:`check_liveness`: ICMP echo from inside a namespace (NSM's kernel
   liveness check: every src/dst pair, ``LIVENESS_PACKETS`` echoes over ``LIVENESS_TIMEOUT``).
@@ -77,6 +79,7 @@ from ._vxlan import (
     create_vxlan_end,
     vxlan_macs,
 )
+from ._vxlan_reconcile import VxlanInspection, inspect_vxlan_end
 from ._wireplan import (
     ALIAS_PREFIX,
     DEFAULT_CLIENT_IFNAME,
@@ -108,6 +111,7 @@ __all__ = [
     "Side",
     "VniInUse",
     "VxlanEnd",
+    "VxlanInspection",
     "WireAlias",
     "WireEnd",
     "WireInterface",
@@ -119,6 +123,7 @@ __all__ = [
     "create_vxlan_end",
     "current_netlink",
     "inode_url",
+    "inspect_vxlan_end",
     "inspect_wire",
     "list_wires",
     "lookup",

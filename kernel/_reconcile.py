@@ -44,12 +44,15 @@ from ._netlink import Netlink, current_netlink
 from ._netns import Namespace, _candidates, resolve_namespace
 from ._routes import RTPROT_TRIONSM, remove_orphan_rules, remove_policies, unless
 from ._veth import KernelWire, WireEnd
-from ._wireplan import PolicyPlan, WireAlias, WirePlan, parse_alias
+from ._wireplan import Interface as IpInterface
+from ._wireplan import PolicyPlan, SidePlan, WireAlias, WirePlan, parse_alias
 
 __all__ = [
     "Inspection",
     "Interface",
+    "VxlanTunnel",
     "compare",
+    "compare_end",
     "inspect_wire",
     "lookup",
     "remove_interfaces",
@@ -59,6 +62,28 @@ __all__ = [
 _NUD_PERMANENT = 0x80
 _MAIN_TABLE = 254
 _VETH_DEFAULT_MTU = 1500
+
+
+@attrs.frozen
+class VxlanTunnel:
+    """A vxlan device's tunnel as the kernel reports it.
+
+    Attributes:
+        vni, port: the VXLAN network identifier and UDP port.
+        local, remote: the tunnel's addresses (``""`` when unset).
+        lower_index: the interface the tunnel is bound to, an index in the tunnel's namespace.
+        link_netnsid: the tunnel's namespace as the device's own namespace numbers it (None:
+            the tunnel is in the device's own namespace).
+        learning: whether the device learns remote addresses.
+    """
+
+    vni: int
+    port: int
+    local: str
+    remote: str
+    lower_index: int | None
+    link_netnsid: int | None
+    learning: bool
 
 
 @attrs.frozen
@@ -83,6 +108,7 @@ class Interface:
     neighbors: frozenset[tuple[str, str]] = frozenset()
     mac: str = ""
     policies: tuple[tuple[Any, ...], ...] = ()
+    tunnel: VxlanTunnel | None = None
 
     @property
     def parsed(self) -> WireAlias | None:
@@ -171,7 +197,7 @@ async def lookup(
     """
     netlink = netlink or current_netlink()
     resolved = await resolve_namespace(namespace, hop=hop)
-    job = partial(_observe, ifname=ifname)
+    job = partial(observe, ifname=ifname)
     return await netlink.run(resolved, job, lane=Lane.PROBE, hop=hop)
 
 
@@ -238,25 +264,41 @@ def compare(plan: WirePlan, client: Interface | None, endpoint: Interface | None
     if client.peer_index != endpoint.index or endpoint.peer_index != client.index:
         return f"{client} and {endpoint} are not peers of each other"
     for end, side, peer in ((client, plan.client, endpoint), (endpoint, plan.endpoint, client)):
-        mtu = plan.mtu or _VETH_DEFAULT_MTU
-        if end.mtu != mtu:
-            return f"{end} has MTU {end.mtu}, not {mtu}"
-        if not end.up:
-            return f"{end} is down"
-        addresses = frozenset(str(a) for a in side.addresses)
-        if end.addresses != addresses:
-            return f"{end} has addresses {sorted(end.addresses)}, not {sorted(addresses)}"
-        routes = frozenset(_route_key(r.prefix, r.gateway) for r in side.routes)
-        if end.routes != routes:
-            return f"{end} has routes {sorted(end.routes, key=str)}, not {sorted(routes, key=str)}"
         peer_side = plan.endpoint if side is plan.client else plan.client
-        wanted = {(str(a.ip), peer.mac) for a in peer_side.addresses}
-        wanted |= {(str(ip), mac) for ip, mac in side.neighbors}
-        if not wanted <= end.neighbors:
-            return f"{end} lacks neighbour entries {sorted(wanted - end.neighbors)}"
-        policies = tuple(sorted((_policy_key(p) for p in side.policies), key=repr))
-        if end.policies != policies:
-            return f"{end} has other policy routes than planned"
+        mtu = plan.mtu or _VETH_DEFAULT_MTU
+        difference = compare_end(end, side, mtu=mtu, peer=(peer_side.addresses, peer.mac))
+        if difference:
+            return difference
+    return ""
+
+
+def compare_end(
+    end: Interface, side: SidePlan, *, mtu: int, peer: tuple[tuple[IpInterface, ...], str]
+) -> str:
+    """Why one end is not configured as ``side`` plans it ("" when it is). Pure.
+
+    Checks the MTU, that it is up, exactly the planned addresses (IPv6 link-local ones aside),
+    our routes (main table) and policy routes, and the permanent neighbours: ``peer``'s
+    addresses at ``peer``'s MAC, and ``side``'s own ``ip_neighbors``.
+    """
+    if end.mtu != mtu:
+        return f"{end} has MTU {end.mtu}, not {mtu}"
+    if not end.up:
+        return f"{end} is down"
+    addresses = frozenset(str(a) for a in side.addresses)
+    if end.addresses != addresses:
+        return f"{end} has addresses {sorted(end.addresses)}, not {sorted(addresses)}"
+    routes = frozenset(_route_key(r.prefix, r.gateway) for r in side.routes)
+    if end.routes != routes:
+        return f"{end} has routes {sorted(end.routes, key=str)}, not {sorted(routes, key=str)}"
+    peer_addresses, peer_mac = peer
+    wanted = {(str(a.ip), peer_mac) for a in peer_addresses}
+    wanted |= {(str(ip), mac) for ip, mac in side.neighbors}
+    if not wanted <= end.neighbors:
+        return f"{end} lacks neighbour entries {sorted(wanted - end.neighbors)}"
+    policies = tuple(sorted((_policy_key(p) for p in side.policies), key=repr))
+    if end.policies != policies:
+        return f"{end} has other policy routes than planned"
     return ""
 
 
@@ -348,11 +390,30 @@ def _interface(namespace: Namespace, link: Any, **details: Any) -> Interface:
         mtu=link.get("mtu") or 0,
         up=bool(link["flags"] & 1),
         mac=(link.get("address") or "").lower(),
+        tunnel=_vxlan_tunnel(link),
         **details,
     )
 
 
-def _observe(handle: Handle, *, ifname: str) -> Interface | None:
+def _vxlan_tunnel(link: Any) -> VxlanTunnel | None:
+    """The tunnel of a vxlan device's link message (None for any other kind)."""
+    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "vxlan":
+        return None
+    data = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+    if data is None:
+        return None
+    return VxlanTunnel(
+        vni=data.get("IFLA_VXLAN_ID") or 0,
+        port=data.get("IFLA_VXLAN_PORT") or 0,
+        local=data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6") or "",
+        remote=data.get("IFLA_VXLAN_GROUP") or data.get("IFLA_VXLAN_GROUP6") or "",
+        lower_index=data.get("IFLA_VXLAN_LINK"),
+        link_netnsid=link.get("IFLA_LINK_NETNSID"),
+        learning=bool(data.get("IFLA_VXLAN_LEARNING")),
+    )
+
+
+def observe(handle: Handle, *, ifname: str) -> Interface | None:
     """The interface ``ifname`` with its addresses, our routes, neighbours and policy routes."""
     ipr, here = handle.ipr, handle.namespace
     with step(f"looking for {ifname} in {here}"):

@@ -37,7 +37,7 @@ import ipaddress
 import os
 import secrets
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import trio
@@ -51,7 +51,7 @@ from ._netlink import Netlink, current_netlink
 from ._netns import Namespace, open_namespace, resolve_namespace
 from ._routes import remove_orphan_rules, unless
 from ._veth import WireEnd
-from ._wireplan import Address, plan_wire
+from ._wireplan import Address, SidePlan, WirePlan, plan_wire
 
 __all__ = [
     "DEFAULT_VXLAN_PORT",
@@ -59,7 +59,9 @@ __all__ = [
     "Side",
     "VniInUse",
     "VxlanEnd",
+    "VxlanPlan",
     "create_vxlan_end",
+    "plan_vxlan_end",
     "vxlan_macs",
 ]
 
@@ -110,6 +112,82 @@ class VxlanEnd:
     def ends(self) -> tuple[WireEnd, ...]:
         """Its single interface (``check_wire`` and ``remove_wire`` take any wire's ends)."""
         return (self.end,)
+
+
+@attrs.frozen
+class VxlanPlan:
+    """One side's vxlan end as :func:`plan_vxlan_end` checked it (no kernel involved).
+
+    Attributes:
+        wire: the wire's plan (alias, MTU wanted, both sides' addresses and routes).
+        side: which end this is; ``here`` its side of ``wire``, ``there`` the other one.
+        local, remote: the tunnel's addresses (this side's, the peer's).
+        vni, port: the VXLAN network identifier and UDP port.
+        mac, peer_mac: this end's MAC address and the other end's (:func:`vxlan_macs`).
+    """
+
+    wire: WirePlan
+    side: Side
+    here: SidePlan
+    there: SidePlan
+    local: Address
+    remote: Address
+    vni: int
+    port: int
+    mac: str
+    peer_mac: str
+
+    @property
+    def alias(self) -> str:
+        return self.wire.alias
+
+
+def plan_vxlan_end(
+    connection_id: str,
+    ifname: str,
+    *,
+    side: Side,
+    local_ip: str,
+    remote_ip: str,
+    vni: int,
+    port: int = DEFAULT_VXLAN_PORT,
+    mtu: int = 0,
+    ip_context: IpContext | None = None,
+    owner: str = "",
+    hop: str | None = None,
+) -> VxlanPlan:
+    """Check a vxlan end's input (the arguments of :func:`create_vxlan_end`) and plan it. Pure.
+
+    Raises:
+        InvalidArgument: a bad address, VNI, port, name or MTU, naming it.
+    """
+    local, remote = _tunnel(local_ip, remote_ip, hop)
+    if not 0 <= vni <= MAX_VNI:
+        raise InvalidArgument(f"VNI {vni} is outside 0..{MAX_VNI}", hop=hop)
+    if not 1 <= port <= 65535:
+        raise InvalidArgument(f"VXLAN port {port} is outside 1..65535", hop=hop)
+    client = side == "client"
+    wire = plan_wire(
+        connection_id,
+        ifname if client else "",
+        "" if client else ifname,
+        mtu=mtu,
+        ip_context=ip_context,
+        hop=hop,
+        owner=owner,
+    )
+    here, there = (wire.client, wire.endpoint) if client else (wire.endpoint, wire.client)
+    src, dst = (local, remote) if client else (remote, local)
+    macs = vxlan_macs(str(src), str(dst), vni)
+    mac, peer_mac = macs if client else macs[::-1]
+    return VxlanPlan(wire, side, here, there, local, remote, vni, port, mac, peer_mac)
+
+
+def allowed_mtu(lower_mtu: int, version: int, wanted: int) -> int:
+    """The MTU a vxlan end gets: ``wanted`` (0: no wish), at most what an underlay interface of
+    MTU ``lower_mtu`` leaves after the VXLAN overhead of IP ``version``."""
+    allowed = lower_mtu - _OVERHEAD[version]
+    return min(wanted, allowed) if wanted else allowed
 
 
 def vxlan_macs(src_ip: str, dst_ip: str, vni: int) -> tuple[str, str]:
@@ -174,25 +252,20 @@ async def create_vxlan_end(
         AlreadyExists: the name or an address is taken in the workload namespace.
         TrionsmError: any other kernel refusal, naming the step.
     """
-    local, remote = _tunnel(local_ip, remote_ip, hop)
-    if not 0 <= vni <= MAX_VNI:
-        raise InvalidArgument(f"VNI {vni} is outside 0..{MAX_VNI}", hop=hop)
-    if not 1 <= port <= 65535:
-        raise InvalidArgument(f"VXLAN port {port} is outside 1..65535", hop=hop)
-    client = side == "client"
-    plan = plan_wire(
+    plan = plan_vxlan_end(
         connection_id,
-        ifname if client else "",
-        "" if client else ifname,
+        ifname,
+        side=side,
+        local_ip=local_ip,
+        remote_ip=remote_ip,
+        vni=vni,
+        port=port,
         mtu=mtu,
         ip_context=ip_context,
-        hop=hop,
         owner=owner,
+        hop=hop,
     )
-    here, there = (plan.client, plan.endpoint) if client else (plan.endpoint, plan.client)
-    src, dst = (local, remote) if client else (remote, local)
-    macs = vxlan_macs(str(src), str(dst), vni)
-    mac, peer_mac = macs if client else macs[::-1]
+    here, there = plan.here, plan.there
     netlink = netlink or current_netlink()
     underlay = await resolve_namespace(underlay_ns, hop=hop)
     workload = await resolve_namespace(netns, hop=hop)
@@ -200,12 +273,12 @@ async def create_vxlan_end(
     create = partial(
         _create_vxlan,
         name=temporary,
-        local=local,
-        remote=remote,
+        local=plan.local,
+        remote=plan.remote,
         vni=vni,
         port=port,
-        mtu=plan.mtu,
-        mac=mac,
+        mtu=plan.wire.mtu,
+        mac=plan.mac,
         target=workload,
         hop=hop,
     )
@@ -215,7 +288,7 @@ async def create_vxlan_end(
         index = await netlink.run(workload, partial(_index_of, name=temporary), hop=hop)
         peers = tuple(a.ip for a in there.addresses)
         configure = partial(
-            configure_end, index=index, side=here, alias=plan.alias, peer=(peers, peer_mac)
+            configure_end, index=index, side=here, alias=plan.alias, peer=(peers, plan.peer_mac)
         )
         await netlink.run(workload, configure, hop=hop)
         await wait_until_ready(netlink, ((workload, index, here),), hop=hop)
@@ -230,8 +303,8 @@ async def create_vxlan_end(
         connection_id=connection_id,
         end=WireEnd(workload, here.ifname, index),
         underlay=underlay,
-        local_ip=str(local),
-        remote_ip=str(remote),
+        local_ip=str(plan.local),
+        remote_ip=str(plan.remote),
         vni=vni,
         port=port,
         mtu=made_mtu,
@@ -273,22 +346,14 @@ def _create_vxlan(
 ) -> int:
     """In the underlay: find the interface holding ``local``, make the device in ``target``."""
     ipr, here = handle.ipr, handle.namespace
-    with step(f"looking for the interface holding {local} in {here}"):
-        holders = [
-            a["index"]
-            for a in ipr.addr("dump")
-            if a.get("IFA_LOCAL", a.get("IFA_ADDRESS")) == str(local)
-        ]
-    if not holders:
+    lower = lower_link(handle, local=local)
+    if lower is None:
         raise FailedPrecondition(
             f"no interface in the underlay namespace {here} holds the tunnel address {local}",
             hop=hop,
         )
-    with step(f"reading the underlay interface #{holders[0]} in {here}"):
-        (lower,) = ipr.link("get", index=holders[0])
     lower_mtu: int = lower.get("mtu")
-    allowed = lower_mtu - _OVERHEAD[local.version]
-    chosen = min(mtu, allowed) if mtu else allowed
+    chosen = allowed_mtu(lower_mtu, local.version, mtu)
     if chosen < 68:
         raise FailedPrecondition(
             f"the underlay interface {lower.get('ifname')} in {here} (MTU {lower_mtu}) leaves "
@@ -300,7 +365,7 @@ def _create_vxlan(
         "vxlan_id": vni,
         f"vxlan_local{six}": str(local),
         f"vxlan_group{six}": str(remote),
-        "vxlan_link": holders[0],
+        "vxlan_link": lower["index"],
         "vxlan_port": port,
         "vxlan_learning": 0,
     }
@@ -324,6 +389,22 @@ def _create_vxlan(
     finally:
         os.close(fd)
     return chosen
+
+
+def lower_link(handle: Handle, *, local: Address) -> Any | None:
+    """The underlay interface holding the tunnel address ``local`` (its link message), or None."""
+    ipr, here = handle.ipr, handle.namespace
+    with step(f"looking for the interface holding {local} in {here}"):
+        holders = [
+            a["index"]
+            for a in ipr.addr("dump")
+            if a.get("IFA_LOCAL", a.get("IFA_ADDRESS")) == str(local)
+        ]
+    if not holders:
+        return None
+    with step(f"reading the underlay interface #{holders[0]} in {here}"):
+        (lower,) = ipr.link("get", index=holders[0])
+    return lower
 
 
 def _index_of(handle: Handle, *, name: str) -> int:

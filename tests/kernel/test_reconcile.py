@@ -30,6 +30,8 @@ from trionsm.kernel import (
     KernelWire,
     Netlink,
     create_kernel_wire,
+    create_vxlan_end,
+    inspect_vxlan_end,
     inspect_wire,
     ping,
     plan_wire,
@@ -38,7 +40,8 @@ from trionsm.kernel import (
 )
 from trionsm.scenario import Mesh, open_mesh
 
-from .conftest import Host
+from .conftest import Host, pair_context
+from .test_vxlan import LOCAL, REMOTE, Tunnel, tunnel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -498,3 +501,91 @@ async def test_a_name_held_by_another_connection_or_not_by_trionsm_is_refused_na
         assert (await host.links(client_ns))["nsm-1"]["ifalias"] == f"trionsm:{other}:nsc-other"
         assert "ifalias" not in (await host.links(foreign_ns))["nsm-1"]
         assert len(await host.links(nse_ns)) == 2  # the other connection's end only
+
+
+# --- a leftover vxlan end: adopt exactly, or say why not ------------------------------------------
+
+
+def vxlan_args(net: Tunnel, maker: str, **change: Any) -> dict[str, Any]:
+    """What the client side's end of ``net`` is made with (``change`` overrides)."""
+    args: dict[str, Any] = {
+        "connection_id": "nsc-1",
+        "underlay_ns": net.underlay[0],
+        "netns": net.workload[0],
+        "ifname": "nsm-1",
+        "side": "client",
+        "local_ip": LOCAL,
+        "remote_ip": REMOTE,
+        "vni": 300,
+        "ip_context": policy_context(pair_context, 60),
+        "owner": maker,
+    }
+    return {**args, **change}
+
+
+async def test_a_vxlan_end_is_found_by_its_owner_and_inspects_as_exactly_its_plan(
+    host: Host, netlink: Netlink
+) -> None:
+    net = await tunnel(host)
+    owner = owner_name()
+    with trio.fail_after(BOUND):
+        end = await create_vxlan_end(**vxlan_args(net, owner), netlink=netlink)
+        seen = await inspect_vxlan_end(**vxlan_args(net, owner), netlink=netlink)
+        assert seen.difference == ""
+        assert seen.wire == end  # the same interface, the same index, the underlay's MTU
+        assert seen.wire.mtu == 1450
+        (found,) = await scan_namespaces(owner, netlink=netlink)  # every namespace of the host
+        assert (found.ifname, found.index, found.kind) == ("nsm-1", end.end.index, "vxlan")
+        assert found.tunnel is not None
+        assert (found.tunnel.vni, found.tunnel.local, found.tunnel.remote) == (300, LOCAL, REMOTE)
+        links = await host.links(net.workload[0])
+        assert links["nsm-1"]["ifindex"] == end.end.index  # inspecting changed nothing
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"vni": 302}, "has VNI 300, not 302"),
+        ({"remote_ip": "169.254.250.3"}, "tunnels 169.254.250.1 -> 169.254.250.2, not"),
+        ({"port": 4790}, "uses UDP port 4789, not 4790"),
+        ({"mtu": 1400}, "has MTU 1450, not 1400"),
+        ({"owner": "someone-else"}, "does not carry trionsm:someone-else:nsc-1"),
+        ({"ip_context": "other addresses"}, "has addresses"),
+        ({"ifname": "nsm-2"}, "the vxlan end nsm-2 is missing"),
+        ({"kernel": "neighbour deleted"}, "lacks neighbour entries [('169.254.60.2'"),
+        ({"kernel": "down"}, "is down"),
+        ({"kernel": "another underlay"}, "in another namespace than the underlay"),
+        ({"kernel": "a veth"}, "is a veth interface, not a vxlan device"),
+    ],
+)
+async def test_a_vxlan_end_that_differs_from_its_plan_says_how(
+    host: Host, netlink: Netlink, change: dict[str, Any], why: str
+) -> None:
+    net = await tunnel(host)
+    owner = owner_name()
+    what = change.pop("kernel", None)
+    with trio.fail_after(BOUND):
+        if what == "a veth":  # our alias on another kind of interface under the name
+            made = await made_wire(netlink, owner, net)
+            assert made.client.ifname == "nsm-1"
+        else:
+            await create_vxlan_end(**vxlan_args(net, owner), netlink=netlink)
+        if what == "neighbour deleted":
+            await host.run(net.workload[0], "neigh", "del", "169.254.60.2", "dev", "nsm-1")
+        elif what == "down":
+            await host.run(net.workload[0], "link", "set", "nsm-1", "down")
+        elif what == "another underlay":  # the same address on another namespace's interface
+            other = await host.netns()
+            await host.run(other, "link", "add", "ul", "type", "veth", "peer", "name", "ul-p")
+            await host.run(other, "addr", "add", f"{LOCAL}/24", "dev", "ul")
+            change["underlay_ns"] = other
+        elif change.get("ip_context") == "other addresses":
+            change["ip_context"] = pair_context(61)
+        seen = await inspect_vxlan_end(**vxlan_args(net, owner, **change), netlink=netlink)
+        assert seen.wire is None
+        assert why in seen.difference
+
+
+async def made_wire(netlink: Netlink, owner: str, net: Tunnel) -> KernelWire:
+    """A veth pair carrying the vxlan end's alias and name (``nsm-1`` in the first workload)."""
+    return await made(netlink, owner, "nsc-1", net.workload[0], net.workload[1], pair_context(60))
