@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,6 +55,40 @@ async def test_demo_connects_pings_heals_and_leaves_nothing() -> None:
     for phase in ("connected to nse-", "fault 1: SIGKILL of forwarder-node-1", "fault 2: death of",
                   "reselected nse-", "leaked: 0"):  # fmt: skip
         assert phase in output, (phase, context)
+
+
+async def test_demo_interrupted_by_sigterm_tears_down_and_leaves_nothing() -> None:
+    """SIGTERM once the NSC is connected: the demo stops, tears down, still checks for leaks
+    (none), names the signal and exits 1."""
+    with trio.fail_after(DEMO_BOUND):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trionsm.cli", "demo", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert process.stdout is not None
+        output = b""
+        try:
+            while b"connected to nse-" not in output:
+                chunk = await process.stdout.receive_some()
+                assert chunk, output.decode()[-3000:]
+                output += chunk
+            process.send_signal(signal.SIGTERM)
+            while chunk := await process.stdout.receive_some():
+                output += chunk
+            await process.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if process.returncode is None:  # a failed assert: not left running
+                    process.send_signal(signal.SIGTERM)
+                    await process.wait()
+                await process.stdout.aclose()
+    result = json.loads(output.decode().strip().splitlines()[-1])
+    assert result["connected"] is True
+    assert result["healed"] is False
+    assert result["leaked"] == 0, output.decode()[-3000:]
+    assert "interrupted by SIGTERM" in result["problems"]
+    assert process.returncode == 1
 
 
 async def _ip(*args: str) -> None:

@@ -21,8 +21,9 @@ leak check always run.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -137,20 +138,39 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
 
 
 def _record(report: DemoReport, say: Progress, exc: BaseException) -> None:
-    problem = f"{type(exc).__name__}: {exc}"
+    problem = str(exc) if isinstance(exc, _Failed) else f"{type(exc).__name__}: {exc}"
     report.problems.append(problem)
     say.bad(f"FAILED: {problem}")
 
 
 async def run_demo(progress: Progress | None = None) -> DemoReport:
-    """Run the demo (needs root); its report. Never raises for a failed phase: that is in the
-    report's ``problems``, the teardown and the leak check run anyway."""
+    """Run the demo (needs root; in the main thread: it takes SIGTERM and SIGINT); its report.
+    Never raises for a failed or interrupted phase: that is in the report's ``problems``, and
+    the teardown and the leak check run anyway."""
     say = progress or Progress()
     report, inventory = DemoReport(), Inventory()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        await _run(say, report, inventory, signals)
+    return report
+
+
+async def _run(
+    say: Progress, report: DemoReport, inventory: Inventory, signals: AsyncIterator[int]
+) -> None:
+    """The demo, its teardown and its leak check; SIGTERM or SIGINT during the scenario ends it
+    early (reported), one during the teardown waits until it is done."""
     try:
         async with open_netmesh(inventory, start_timeout=STEP_TIMEOUT) as mesh:
             with _phase(report, say):
-                await _scenario(mesh, say, report)
+                async with trio.open_nursery() as nursery:
+
+                    async def interrupt() -> None:
+                        async for signum in signals:
+                            raise _Failed(f"interrupted by {signal.Signals(signum).name}")
+
+                    nursery.start_soon(interrupt)
+                    await _scenario(mesh, say, report)
+                    nursery.cancel_scope.cancel()
             say.section("teardown")
             say("stopping the NSC (its connection closes through the whole path), then the "
                 "NSEs, forwarders, nsmgrs, the registry; deleting the namespaces")  # fmt: skip
@@ -165,11 +185,12 @@ async def run_demo(progress: Progress | None = None) -> DemoReport:
     say(f"checked {len(inventory.namespaces)} namespaces, {len(inventory.processes)} processes, "
         f"{len(inventory.paths)} paths, links with a trionsm: alias of "
         f"{', '.join(inventory.owners)}")  # fmt: skip
-    for line in [*unclean, *leaks]:
+    for line in unclean:
+        say.bad(f"  teardown: {line}")
+    for line in leaks:
         say.bad(f"  left: {line}")
     (say.good if report.leaked == 0 else say.bad)(f"leaked: {report.leaked}")
     report.problems += [f"left: {line}" for line in leaks]
-    return report
 
 
 async def _scenario(mesh: NetMesh, say: Progress, report: DemoReport) -> None:
