@@ -10,7 +10,7 @@ ratios stay comparable from one machine to another; so those ratios are what to 
 A benchmark may name its headline figures in ``targets`` (figure -> target) and say in
 ``meets_targets`` (figure -> bool) which it met; a target is a ceiling unless the figure is listed
 in ``targets_at_least`` (a floor, e.g. a throughput ratio). ``bench/dataplane.py`` needs root
-(namespaces, veth pairs) and iperf3; without root it reports ``{"skipped": ...}``.
+(namespaces, veth pairs, vxlan devices) and iperf3; without root it reports ``{"skipped": ...}``.
 
 ``bench/results.json`` maps each script's stem to its object. A script that exits non-zero, times
 out or prints no JSON object is recorded as ``{"error": "..."}``, and this script then exits 1 once

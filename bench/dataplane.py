@@ -1,9 +1,13 @@
-"""Data-plane benchmark: KERNEL (veth) wires on one node, made by the mesh in real namespaces.
+"""Data-plane benchmark: KERNEL wires made by the mesh in real namespaces, local and remote.
 
 Prints one JSON object (last line of stdout); progress goes to stderr. Needs root (namespaces,
-veth pairs) and iperf3. Every role runs in this process (``open_mesh(kernel=True)``, no-copy
-inproc carriers); only the interfaces live in namespaces the mesh makes and deletes. Addresses
-come from 169.254.0.0/16 only.
+veth pairs, vxlan devices) and iperf3. Every role runs in this process (``open_mesh(kernel=True)``,
+no-copy inproc carriers); only the interfaces live in namespaces the mesh makes and deletes.
+Addresses come from 169.254.0.0/16 only. Two groups of figures, each from a mesh of its own
+(``--only local|remote`` runs one): the local ones on one node (veth wires), the remote ones
+on two nodes whose underlay namespaces share the mesh's bridge (VXLAN wires; the NSC's
+interface on node 0, the NSE's on node 1). The same functions measure both groups:
+:func:`request_figures` and :func:`throughput_figures`, over a :class:`Group` saying what differs.
 
 One function per figure; :func:`main` collects them:
 
@@ -27,6 +31,12 @@ One function per figure; :func:`main` collects them:
   measure for a new request started every ``SAMPLE_INTERVAL`` while those connections tear down
   (until every Close has returned and no interface has gone for ``STILL``;
   ``request_samples_during_teardown``); their own Closes are not measured.
+* ``remote_kernel_request_p50_ms`` (target <= 150) and ``remote_kernel_request_p99_ms``: the
+  first figure's measure for a remote KERNEL connection (6 path segments, a vxlan end made on
+  each node), ``--remote-requests`` of them.
+* ``vxlan_throughput_ratio`` (target >= 0.9): the veth figure's measure over a mesh VXLAN wire,
+  against a plain vxlan pair made by hand over the same underlay (VNI :data:`PLAIN_VNI`, two
+  fresh namespaces). ``vxlan_mesh_gbps`` and ``vxlan_plain_gbps`` with it.
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from trionsm.actors.client import ClientConnection
@@ -51,18 +62,50 @@ from trionsm.scenario import Mesh, open_mesh
 TARGETS = {
     "kernel_request_p50_ms": 80.0,
     "veth_throughput_ratio": 0.9,
+    "remote_kernel_request_p50_ms": 150.0,
+    "vxlan_throughput_ratio": 0.9,
 }
-AT_LEAST = {"veth_throughput_ratio"}
+AT_LEAST = {"veth_throughput_ratio", "vxlan_throughput_ratio"}
 """Figures whose target is a floor (the others are ceilings)."""
 SERVICE = "bench"
 POOL = "169.254.0.0/16"
 PLAIN = ("169.254.250.1", "169.254.250.2")  # the hand-made veth pair's addresses (/30)
+PLAIN_VXLAN = ("169.254.251.1", "169.254.251.2")  # the hand-made vxlan pair's addresses (/30)
+PLAIN_VNI = 4243
+"""Odd: the mesh picks even VNIs from node 0 (169.254.200.1) to node 1 (.2), NSM's parity rule."""
 SAMPLE_INTERVAL = 0.1
 """Seconds between new requests while the connections tear down."""
 LEFTOVER_WAIT = 30.0
 """Seconds to wait, once every Close has returned, for the interfaces still there to go."""
 STILL = 1.0
 """Seconds without a removal after which the teardown counts as over for the samples."""
+
+
+@attrs.frozen
+class Group:
+    """What differs between the local and the remote figures (:data:`GROUPS`).
+
+    Attributes:
+        name: ``local`` or ``remote``, as ``--only`` names it.
+        request: the request figures' prefix (``<request>_p50_ms``).
+        throughput: the throughput figures' prefix (``<throughput>_throughput_ratio``).
+        service: the network service of the group's endpoint.
+        nodes: the mesh's nodes; clients connect through node 0.
+        endpoint_node: the node the endpoint registers through.
+        netns_prefix: the start of the names of the group's namespaces.
+        plain: makes the hand-made baseline pair: ``plain(mesh, left, right, addresses)``.
+        plain_addresses: that pair's addresses (/30) in ``left`` and ``right``.
+    """
+
+    name: str
+    request: str
+    throughput: str
+    service: str
+    nodes: int
+    endpoint_node: int
+    netns_prefix: str
+    plain: Callable[[Mesh, str, str, tuple[str, str]], Awaitable[None]]
+    plain_addresses: tuple[str, str]
 
 
 def log(message: str) -> None:
@@ -105,16 +148,15 @@ async def request_until_ping(
         return (time.perf_counter() - began) * 1000
 
 
-async def request_figures(
-    mesh: Mesh, name: str, requests: int, *, service: str = SERVICE, node: int = 0
-) -> dict[str, Any]:
-    """``<name>_p50_ms`` / ``_p99_ms`` / ``_samples``: ``requests`` sequential
-    :func:`request_until_ping` from a fresh namespace, after one to warm up."""
-    client = await mesh.add_netns("tnsm-bc-")
-    await request_until_ping(mesh, client, service=service, node=node)  # handle threads, caches
+async def request_figures(mesh: Mesh, group: Group, requests: int) -> dict[str, Any]:
+    """``<group.request>_p50_ms`` / ``_p99_ms`` / ``_samples``: ``requests`` sequential
+    :func:`request_until_ping` through node 0 from a fresh namespace, after one to warm up."""
+    client = await mesh.add_netns(f"{group.netns_prefix}c-")
+    await request_until_ping(mesh, client, service=group.service)  # handle threads, caches
     samples = [
-        await request_until_ping(mesh, client, service=service, node=node) for _ in range(requests)
+        await request_until_ping(mesh, client, service=group.service) for _ in range(requests)
     ]
+    name = group.request
     return {
         f"{name}_p50_ms": round(statistics.median(samples), 2),
         f"{name}_p99_ms": round(quantile(samples, 0.99), 2),
@@ -155,19 +197,21 @@ async def throughput_figures(
 # -- figures ---------------------------------------------------------------------------------------
 
 
-async def kernel_request(mesh: Mesh, requests: int) -> dict[str, Any]:
-    """``kernel_request_p50_ms`` / ``_p99_ms``: sequential local KERNEL Requests until a ping."""
-    return await request_figures(mesh, "kernel_request", requests)
-
-
-async def veth_throughput(mesh: Mesh, nse_netns: str, runs: int, seconds: float) -> dict[str, Any]:
-    """``veth_throughput_ratio``: iperf3 over a mesh wire against a hand-made veth pair."""
-    client = await mesh.add_netns("tnsm-bt-")
-    left, right = await mesh.add_netns("tnsm-bp-"), await mesh.add_netns("tnsm-bp-")
-    await plain_veth(left, right)
-    async with mesh.connect(f"kernel://{SERVICE}/nsm-1", netns=client, liveness=False) as conn:
+async def throughput(
+    mesh: Mesh, group: Group, nse_netns: str, runs: int, seconds: float
+) -> dict[str, Any]:
+    """``<group.throughput>_throughput_ratio``: iperf3 over a mesh wire (through node 0 to the
+    endpoint in ``nse_netns``) against the group's hand-made pair."""
+    client = await mesh.add_netns(f"{group.netns_prefix}t-")
+    plain = f"{group.netns_prefix}p-"
+    left, right = await mesh.add_netns(plain), await mesh.add_netns(plain)
+    await group.plain(mesh, left, right, group.plain_addresses)
+    async with mesh.connect(
+        f"kernel://{group.service}/nsm-1", netns=client, liveness=False
+    ) as conn:
         wire = (client, nse_netns, destination(conn))
-        return await throughput_figures("veth", wire, (left, right, PLAIN[1]), runs, seconds)
+        baseline = (left, right, group.plain_addresses[1])
+        return await throughput_figures(group.throughput, wire, baseline, runs, seconds)
 
 
 async def kernel_connections(
@@ -261,13 +305,38 @@ async def kernel_connections(
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-async def plain_veth(left: str, right: str) -> None:
-    """A veth pair between namespaces ``left`` and ``right`` with PLAIN's addresses, up."""
+async def plain_veth(mesh: Mesh, left: str, right: str, addresses: tuple[str, str]) -> None:
+    """A veth pair ``vp`` between namespaces ``left`` and ``right`` (``mesh`` is not needed),
+    with ``addresses``, up."""
     a, b = netns_name(left), netns_name(right)
     await trio.run_process(
         ["ip", "-n", a, "link", "add", "vp", "type", "veth", "peer", "name", "vp", "netns", b]
     )
-    for name, address in ((a, PLAIN[0]), (b, PLAIN[1])):
+    await address_pair((left, right), addresses)
+
+
+async def plain_vxlan(mesh: Mesh, left: str, right: str, addresses: tuple[str, str]) -> None:
+    """A vxlan pair ``vp`` by hand: made in node 0's and node 1's underlay (the mesh's tunnel
+    addresses, VNI :data:`PLAIN_VNI`, learning off, bound to ``ul0``), moved into ``left`` and
+    ``right``, with ``addresses``, up. The devices go with their namespaces when the mesh exits."""
+    underlay = mesh.underlay
+    assert underlay is not None
+    for node, peer, netns in ((0, 1, left), (1, 0, right)):
+        here = netns_name(underlay.url(node))
+        await trio.run_process(
+            ["ip", "-n", here, "link", "add", "vp", "type", "vxlan", "id", str(PLAIN_VNI),
+             "local", underlay.address(node), "remote", underlay.address(peer),
+             "dstport", "4789", "nolearning", "dev", "ul0"]
+        )  # fmt: skip
+        await trio.run_process(["ip", "-n", here, "link", "set", "vp", "netns", netns_name(netns)])
+    await address_pair((left, right), addresses)
+
+
+async def address_pair(namespaces: tuple[str, str], addresses: tuple[str, str]) -> None:
+    """Give ``vp`` in each of ``namespaces`` its address of ``addresses`` (/30); ``vp`` and
+    ``lo`` up."""
+    for url, address in zip(namespaces, addresses, strict=True):
+        name = netns_name(url)
         await trio.run_process(["ip", "-n", name, "addr", "add", f"{address}/30", "dev", "vp"])
         await trio.run_process(["ip", "-n", name, "link", "set", "vp", "up"])
         await trio.run_process(["ip", "-n", name, "link", "set", "lo", "up"])
@@ -342,45 +411,92 @@ async def timed(what: str, figure: Callable[[], Awaitable[dict[str, Any]]]) -> d
     return result
 
 
-# -- main ------------------------------------------------------------------------------------------
+# -- groups and main ------------------------------------------------------------------------------
+
+
+LOCAL = Group(
+    name="local",
+    request="kernel_request",
+    throughput="veth",
+    service=SERVICE,
+    nodes=1,
+    endpoint_node=0,
+    netns_prefix="tnsm-b",
+    plain=plain_veth,
+    plain_addresses=PLAIN,
+)
+REMOTE = Group(
+    name="remote",
+    request="remote_kernel_request",
+    throughput="vxlan",
+    service="bench-remote",
+    nodes=2,
+    endpoint_node=1,
+    netns_prefix="tnsm-br",
+    plain=plain_vxlan,
+    plain_addresses=PLAIN_VXLAN,
+)
+GROUPS = (LOCAL, REMOTE)
+
+
+async def group_figures(group: Group, requests: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The figures of ``group``, from a kernel mesh of its own (``group.nodes`` nodes, the
+    endpoint on ``group.endpoint_node``); the local group's connection figures too."""
+    results: dict[str, Any] = {}
+    async with open_mesh(group.nodes, kernel=True, roundtrip_bytes=False) as mesh:
+        nse_netns = await mesh.add_netns(f"{group.netns_prefix}e-")
+        await mesh.register_service(group.service)
+        await mesh.add_endpoint(
+            "nse-1", group.service, node=group.endpoint_node, cidr=POOL, netns=nse_netns
+        )
+        results.update(
+            await timed(f"{group.name} request", lambda: request_figures(mesh, group, requests))
+        )
+        results.update(
+            await timed(
+                f"{group.throughput} throughput",
+                lambda: throughput(mesh, group, nse_netns, args.runs, args.seconds),
+            )
+        )
+        if group is LOCAL:
+            results.update(
+                await timed(
+                    f"{args.connections} connections",
+                    lambda: kernel_connections(
+                        mesh, args.connections, args.per_namespace, results["kernel_request_p50_ms"]
+                    ),
+                )
+            )
+    return results
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    async with open_mesh(kernel=True, roundtrip_bytes=False) as mesh:
-        nse_netns = await mesh.add_netns("tnsm-be-")
-        await mesh.register_service(SERVICE)
-        await mesh.add_endpoint("nse-1", SERVICE, cidr=POOL, netns=nse_netns)
-        results.update(await timed("kernel request", lambda: kernel_request(mesh, args.requests)))
-        results.update(
-            await timed(
-                "veth throughput",
-                lambda: veth_throughput(mesh, nse_netns, args.runs, args.seconds),
-            )
-        )
-        results.update(
-            await timed(
-                f"{args.connections} connections",
-                lambda: kernel_connections(
-                    mesh, args.connections, args.per_namespace, results["kernel_request_p50_ms"]
-                ),
-            )
-        )
-    targets = dict(TARGETS)
-    targets["request_p50_ms_during_teardown"] = round(3 * results["kernel_request_p50_ms"], 2)
+    requests = {LOCAL.name: args.requests, REMOTE.name: args.remote_requests}
+    for group in GROUPS:
+        if args.only in (None, group.name):
+            results.update(await group_figures(group, requests[group.name], args))
+    targets = {key: target for key, target in TARGETS.items() if key in results}
+    if "request_p50_ms_during_teardown" in results:
+        targets["request_p50_ms_during_teardown"] = round(3 * results["kernel_request_p50_ms"], 2)
     results["targets"] = targets
-    results["targets_at_least"] = sorted(AT_LEAST)
+    results["targets_at_least"] = sorted(AT_LEAST & targets.keys())
     results["meets_targets"] = {
         key: (results[key] >= target if key in AT_LEAST else results[key] <= target)
         for key, target in targets.items()
-        if key in results
     }
     return results
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=100, help="KERNEL requests timed")
+    parser.add_argument(
+        "--only", choices=[group.name for group in GROUPS], help="one group of figures only"
+    )
+    parser.add_argument("--requests", type=int, default=100, help="local KERNEL requests timed")
+    parser.add_argument(
+        "--remote-requests", type=int, default=50, help="remote KERNEL requests timed"
+    )
     parser.add_argument("--runs", type=int, default=3, help="iperf3 runs of each kind")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per iperf3 run")
     parser.add_argument("--connections", type=int, default=500, help="concurrent connections")
@@ -390,11 +506,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 10 requests, 1 iperf3 run of 2 s, 50 connections",
+        help="a smoke run: 10 requests of each group, 1 iperf3 run of 2 s, 50 connections",
     )
     args = parser.parse_args()
     if args.quick:
-        args.requests, args.runs, args.seconds = 10, 1, 2.0
+        args.requests, args.remote_requests, args.runs, args.seconds = 10, 10, 1, 2.0
         args.connections = min(args.connections, 50)
     return args
 
@@ -402,6 +518,8 @@ def parse_args() -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse_args()
     if os.geteuid() != 0:
-        print(json.dumps({"skipped": "needs root (network namespaces and veth pairs)"}))
+        print(
+            json.dumps({"skipped": "needs root (network namespaces, veth pairs and vxlan devices)"})
+        )
     else:
         print(json.dumps(trio.run(main, arguments)))
