@@ -38,7 +38,8 @@ from pathlib import Path
 import attrs
 import trio
 
-from trionsm._processes import ProcessMesh, RoleProcess, delete_netns, open_process_mesh
+from trionsm._namespaces import create_netns, delete_netns, netns_exists, netns_url
+from trionsm._processes import ProcessMesh, RoleProcess, open_process_mesh
 
 __all__ = [
     "BRIDGE_ADDRESS",
@@ -57,7 +58,6 @@ BRIDGE_ADDRESS = "169.254.200.254"
 REGISTRY_PORT = 5002
 NSMGR_PORT = 5001
 _PREFIX_LENGTH = 24
-_NETNS_DIR = Path("/run/netns")
 _ALIAS_PREFIX = "trionsm:"
 
 
@@ -122,7 +122,7 @@ class Pod:
 
     @property
     def netns_url(self) -> str:
-        return f"file://{_NETNS_DIR / self.netns}"
+        return netns_url(self.netns)
 
 
 class NetMesh:
@@ -149,8 +149,8 @@ class NetMesh:
         """Make namespace ``tnsm-<token>-<suffix>`` with ``lo`` up, recorded for deletion."""
         name = f"tnsm-{self.token}-{suffix}"
         self.inventory.namespaces.append(name)
-        self.processes.namespaces.append(name)  # the process mesh deletes it by name on exit
-        await _ip("netns", "add", name)
+        # (recorded where the process mesh deletes it by name on exit, before ip runs)
+        await create_netns(name, into=self.processes.namespaces)
         await _ip("-n", name, "link", "set", "lo", "up")
         return name
 
@@ -294,7 +294,7 @@ class NetMesh:
         behind), as ``<node>: <interface>``."""
         found = []
         for node in self.nodes.values():
-            if (_NETNS_DIR / node.netns).exists():
+            if netns_exists(node.netns):
                 found += [
                     f"{node.name}: {link['ifname']}"
                     for link in await _links(node.netns)
@@ -379,7 +379,7 @@ async def find_leaks(inventory: Inventory) -> list[str]:
     processes alive (a zombie counts), paths that exist. Empty: nothing left."""
     found = []
     for name in inventory.namespaces:
-        if (_NETNS_DIR / name).exists():
+        if netns_exists(name):
             found.append(f"namespace {name}")
             found += [f"link {name}: {link}" for link in await aliased_links(name)]
     found += [f"link (host): {link}" for link in await aliased_links(None, inventory.owners)]
