@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -59,7 +59,15 @@ from trionsm.errors import AlreadyExists, FailedPrecondition, InvalidArgument, T
 from ._mechanisms import KERNEL, VXLAN, Param, check_interface_name, describe, vxlan_port
 
 if TYPE_CHECKING:
-    from trionsm.kernel import KernelWire, Netlink, NetlinkLimits, VxlanEnd, WireAlias
+    from trionsm.kernel import (
+        Inspection,
+        KernelWire,
+        Netlink,
+        NetlinkLimits,
+        VxlanEnd,
+        VxlanInspection,
+        WireAlias,
+    )
 
 __all__ = ["DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
 
@@ -219,6 +227,28 @@ class DataPlane:
             await resolve_namespace(netns, hop=hop)
         except TrionsmError as exc:
             raise _about(exc, "the client's namespace", service) from exc
+
+    async def leftover_vni(
+        self, incoming: Mechanism, connection_id: str, *, owner: str, hop: str
+    ) -> int | None:
+        """The VNI of the vxlan end that ``owner`` made for ``connection_id`` under the client's
+        interface name in the client's namespace (both from the incoming KERNEL mechanism): a
+        leftover of a restarted forwarder. None when there is none, or it cannot be read. One
+        lookup (``PROBE`` lane); nothing is changed.
+        """
+        from trionsm.kernel import lookup
+
+        netns = incoming.parameters.get(Param.INODE_URL, "")
+        ifname = incoming.parameters.get(Param.NAME, "") or DEFAULT_CLIENT_INTERFACE
+        if incoming.type != KERNEL or not netns:
+            return None
+        try:
+            end = await lookup(netns, ifname, hop=hop, netlink=self.netlink)
+        except TrionsmError:  # the request itself will say what is wrong with the namespace
+            return None
+        if end is None or end.tunnel is None or end.alias != _alias(connection_id, owner):
+            return None
+        return end.tunnel.vni
 
     def plan(
         self,
@@ -388,14 +418,15 @@ class DataPlane:
             raise _about(exc, f"creating the wire {spec.description}", service) from exc
 
     async def _take_over(self, spec: WireSpec | VxlanSpec, hop: str) -> tuple[Wire | None, int]:
-        """Adopt the leftover veth pair that is exactly ``spec``'s wire; else remove what holds
-        its names and belongs to the same client connection (ours, or a dead forwarder's).
-        Returns the adopted wire (or None) and how many stale interfaces were removed.
+        """Adopt the leftover that is exactly ``spec``'s wire (a veth pair, or this side's vxlan
+        end); else remove what holds its names and belongs to the same client connection (ours,
+        or a dead forwarder's). Returns the adopted wire (or None) and how many stale interfaces
+        were removed.
 
         Raises:
             AlreadyExists: a name is held by anything else (naming its owner).
         """
-        from trionsm.kernel import inspect_wire, lookup, plan_wire, remove_interfaces
+        from trionsm.kernel import inspect_vxlan_end, inspect_wire, plan_wire, remove_interfaces
 
         if isinstance(spec, WireSpec):
             plan = plan_wire(
@@ -407,15 +438,14 @@ class DataPlane:
                 hop=hop,
                 owner=spec.owner,
             )
-            seen = await inspect_wire(
+            seen: Inspection | VxlanInspection = await inspect_wire(
                 plan, spec.client_netns, spec.endpoint_netns, hop=hop, netlink=self.netlink
             )
-            if seen.wire is not None:
-                return _made(spec, seen.wire), 0
-            ends = seen.ends
         else:
-            found = await lookup(spec.netns, spec.ifname, hop=hop, netlink=self.netlink)
-            ends = [found] if found is not None else []
+            seen = await inspect_vxlan_end(**_vxlan_arguments(spec), hop=hop, netlink=self.netlink)
+        if seen.wire is not None:
+            return _made(spec, seen.wire), 0
+        ends = seen.ends
         for end in ends:
             parsed = end.parsed
             if parsed is None or parsed.connection_id != spec.connection_id:
@@ -430,22 +460,7 @@ class DataPlane:
         from trionsm.kernel import create_kernel_wire, create_vxlan_end
 
         if isinstance(spec, VxlanSpec):
-            return await create_vxlan_end(
-                spec.connection_id,
-                spec.underlay_netns,
-                spec.netns,
-                spec.ifname,
-                side=spec.side,
-                local_ip=spec.local_ip,
-                remote_ip=spec.remote_ip,
-                vni=spec.vni,
-                port=spec.port,
-                mtu=spec.mtu,
-                ip_context=spec.ip_context,
-                hop=hop,
-                netlink=self.netlink,
-                owner=spec.owner,
-            )
+            return await create_vxlan_end(**_vxlan_arguments(spec), hop=hop, netlink=self.netlink)
         return await create_kernel_wire(
             spec.connection_id,
             spec.client_netns,
@@ -492,6 +507,25 @@ def _made(spec: WireSpec | VxlanSpec, kernel: KernelWire | VxlanEnd) -> Wire:
     if isinstance(spec, VxlanSpec) and spec.mtu != kernel.mtu:
         spec = attrs.evolve(spec, mtu=kernel.mtu)
     return Wire(spec, kernel)
+
+
+def _vxlan_arguments(spec: VxlanSpec) -> dict[str, Any]:
+    """What ``create_vxlan_end`` makes ``spec``'s end with (and ``inspect_vxlan_end`` compares
+    a leftover with)."""
+    return {
+        "connection_id": spec.connection_id,
+        "underlay_ns": spec.underlay_netns,
+        "netns": spec.netns,
+        "ifname": spec.ifname,
+        "side": spec.side,
+        "local_ip": spec.local_ip,
+        "remote_ip": spec.remote_ip,
+        "vni": spec.vni,
+        "port": spec.port,
+        "mtu": spec.mtu,
+        "ip_context": spec.ip_context,
+        "owner": spec.owner,
+    }
 
 
 def _alias(connection_id: str, owner: str) -> str:

@@ -11,9 +11,15 @@ alias with the interfaces it now uses. When the grace ends, every leftover whose
 claimed, or that its claim did not keep (an old end the new wire replaced), is removed, exactly
 (namespace, index and alias). Then the reconciler is done; later connections never meet it.
 
-The :class:`Reconciler` is pure (no I/O, time passed in), so its rules are tested without a
-kernel; :func:`serve_reconcile` owns the I/O and the timer (``trio.current_time()``, so a
-``MockClock`` drives it).
+A request and the sweep meet on one alias under one lock (:meth:`Reconciler.serving`, held by
+:func:`ensure_wire` from the look for a leftover until the claim): the sweep decides what of an
+alias to remove only under that lock, so an adoption in flight when the grace ends is claimed
+before the sweep looks, and a request arriving while the sweep removes its alias's leftovers
+waits, then creates its wire anew.
+
+The :class:`Reconciler`'s rules are pure (no I/O, time passed in; only :meth:`~Reconciler.serving`
+awaits, for the lock), so they are tested without a kernel; :func:`serve_reconcile` owns the
+I/O and the timer (``trio.current_time()``, so a ``MockClock`` drives it).
 
 The grace must outlast the clients' way back: a heal after a forwarder restart arrives within
 seconds (the broken monitor stream makes the client re-request), and a client that saw nothing
@@ -26,16 +32,29 @@ removes what no live connection uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 
+from ._locks import KeyedLock
+from ._mechanisms import KERNEL
+
 if TYPE_CHECKING:
+    from trionsm.api.connection import Mechanism
     from trionsm.kernel import Interface, Netlink
 
-__all__ = ["DEFAULT_RECONCILE_GRACE", "Reconciler", "serve_reconcile"]
+    from ._dataplane import DataPlane, VxlanSpec, Wire, WireSpec
+
+__all__ = [
+    "DEFAULT_RECONCILE_GRACE",
+    "Reconciler",
+    "ensure_wire",
+    "leftover_vni",
+    "serve_reconcile",
+]
 
 DEFAULT_RECONCILE_GRACE = 180.0
 """Seconds a restarted forwarder keeps unclaimed leftovers: well above a heal (seconds) and a
@@ -62,6 +81,7 @@ class Reconciler:
     done: bool = False
     finished: bool = False  # the sweep's removals are through (set by serve_reconcile)
     deadline: float = math.inf
+    _locks: KeyedLock = attrs.field(factory=KeyedLock, init=False, repr=False, eq=False)
 
     def begin(self) -> None:
         """A scan starts (again): until it is through, every alias may have a leftover and
@@ -110,16 +130,101 @@ class Reconciler:
         """The leftovers no claim keeps (so far)."""
         return [leftover for leftover in self.leftovers.values() if not self.claimed(leftover)]
 
-    def sweep(self, now: float) -> list[Interface]:
-        """When the grace is over: the leftovers to remove; the reconciler is then done (its
-        inventory and claims are dropped). Before that: nothing."""
-        if not self.scanned or self.done or now < self.deadline:
+    def over(self, now: float) -> bool:
+        """Whether the grace is over at ``now`` (the scan through, the sweep not done yet)."""
+        return self.scanned and not self.done and now >= self.deadline
+
+    def due(self, now: float) -> list[str]:
+        """When the grace is over: the aliases of the leftovers, for :meth:`take_stale` one by
+        one. Before that: none."""
+        if not self.over(now):
             return []
-        stale = self.unclaimed
+        return sorted({leftover.alias for leftover in self.leftovers.values()})
+
+    def take_stale(self, alias: str) -> list[Interface]:
+        """The leftovers of ``alias`` that no claim keeps, to remove now. Every leftover of the
+        alias leaves the inventory: a later request for it creates as usual."""
+        mine = [key for key, leftover in self.leftovers.items() if leftover.alias == alias]
+        taken = [self.leftovers.pop(key) for key in mine]
+        return [leftover for leftover in taken if not self.claimed(leftover)]
+
+    def finish(self) -> None:
+        """The sweep is through: the reconciler is done (inventory and claims dropped)."""
         self.leftovers.clear()
         self.claims.clear()
         self.done = True
+
+    def sweep(self, now: float) -> list[Interface]:
+        """When the grace is over: every leftover to remove, and the reconciler is done (its
+        inventory and claims are dropped). Before that: nothing. (:func:`serve_reconcile` does
+        the same alias by alias, each under :meth:`serving`'s lock.)"""
+        if not self.over(now):
+            return []
+        stale = [leftover for alias in self.due(now) for leftover in self.take_stale(alias)]
+        self.finish()
         return stale
+
+    @asynccontextmanager
+    async def serving(self, alias: str) -> AsyncIterator[bool]:
+        """Hold ``alias`` while a request makes or adopts its wire and claims it; yields
+        whether a leftover may carry it (:meth:`may_hold`). The sweep takes the same lock
+        before it decides what of the alias to remove, so an adoption in flight when the grace
+        ends is claimed before the sweep looks, and a request that comes while the sweep
+        removes the alias's leftovers waits, then creates. Blocks while the alias is held."""
+        async with self._locks.hold(alias):
+            yield self.may_hold(alias)
+
+
+async def ensure_wire(
+    dataplane: DataPlane,
+    current: Wire | None,
+    spec: WireSpec | VxlanSpec,
+    *,
+    reconciler: Reconciler | None,
+    hop: str,
+    service: str,
+) -> Wire:
+    """``dataplane.ensure`` for a forwarder that may hold leftovers: with a reconciler, under
+    its lock for the spec's alias (:meth:`Reconciler.serving`), looking for a leftover to adopt
+    when one may exist, then claiming the interfaces the wire uses, before the lock is let go.
+
+    Raises:
+        TrionsmError: as :meth:`DataPlane.ensure`.
+    """
+    if reconciler is None:
+        return await dataplane.ensure(current, spec, hop=hop, service=service)
+    async with reconciler.serving(spec.alias) as adopt:
+        wire = await dataplane.ensure(current, spec, hop=hop, service=service, adopt=adopt)
+        # The leftovers this wire uses are claimed, not stale.
+        reconciler.claim(
+            wire.spec.alias, [(end.namespace.key, end.index) for end in wire.kernel.ends]
+        )
+    return wire
+
+
+async def leftover_vni(
+    dataplane: DataPlane | None,
+    reconciler: Reconciler | None,
+    incoming: Mechanism,
+    connection_id: str,
+    *,
+    hop: str,
+) -> int | None:
+    """The VNI a restarted client-side forwarder asks the far side for: its leftover vxlan end's
+    for this connection (while a leftover may carry the alias), so the far side keeps that VNI
+    and both nodes' ends are adopted as they are. None otherwise (the far side picks).
+    """
+    if dataplane is None or reconciler is None or incoming.type != KERNEL:
+        return None
+    if not reconciler.may_hold(_alias(connection_id, reconciler.owner)):
+        return None
+    return await dataplane.leftover_vni(incoming, connection_id, owner=reconciler.owner, hop=hop)
+
+
+def _alias(connection_id: str, owner: str) -> str:
+    from trionsm.kernel import alias_for
+
+    return alias_for(connection_id, owner)
 
 
 async def serve_reconcile(
@@ -133,7 +238,9 @@ async def serve_reconcile(
     """Scan, wait out the grace, remove the unclaimed leftovers; returns when done.
 
     Started at once (the scan runs after ``task_status.started()``, so the forwarder serves
-    meanwhile). Cancellable at any point: a removal under way finishes first.
+    meanwhile). The sweep goes alias by alias, concurrently, each under the alias's lock
+    (:meth:`Reconciler.serving`): what a request adopts is never removed under it. Cancellable
+    at any point: a removal under way finishes first.
 
     Args:
         namespaces: where to look (default: every network namespace on the host).
@@ -148,7 +255,15 @@ async def serve_reconcile(
     found = await scan_namespaces(reconciler.owner, namespaces=namespaces, hop=hop, netlink=netlink)
     reconciler.found(found, trio.current_time())
     await trio.sleep_until(reconciler.deadline)
-    stale = reconciler.sweep(trio.current_time())
-    if stale:
-        await remove_interfaces(stale, hop=hop, netlink=netlink)
+
+    async def sweep(alias: str) -> None:
+        async with reconciler.serving(alias):
+            stale = reconciler.take_stale(alias)
+            if stale:
+                await remove_interfaces(stale, hop=hop, netlink=netlink)
+
+    async with trio.open_nursery() as nursery:
+        for alias in reconciler.due(trio.current_time()):
+            nursery.start_soon(sweep, alias)
+    reconciler.finish()
     reconciler.finished = True

@@ -142,7 +142,9 @@ class VniBook:
         rng: random.Random | None = None,
     ) -> int:
         """The connection's VNI: ``requested`` when :func:`reusable_vni`, else a new one from
-        :func:`choose_vni`; recorded (replacing the connection's earlier one).
+        :func:`choose_vni`; recorded (replacing the connection's earlier one). A restarted
+        forwarder's empty book thus re-learns each connection's VNI from its re-request (the
+        mechanism carries it), and no later connection from that ``src_ip`` is given it.
 
         Raises:
             InvalidArgument, ResourceExhausted: as :func:`choose_vni`.

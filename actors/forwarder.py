@@ -98,7 +98,13 @@ from ._mechanisms import (
     vxlan_port,
     with_parameters,
 )
-from ._reconcile import DEFAULT_RECONCILE_GRACE, Reconciler, serve_reconcile
+from ._reconcile import (
+    DEFAULT_RECONCILE_GRACE,
+    Reconciler,
+    ensure_wire,
+    leftover_vni,
+    serve_reconcile,
+)
 from ._role import Discovery, close_at, serve_connections, serve_peers, token_metadata
 from ._select import RoundRobin, all_failed_error, drop_expired, select_endpoints
 from ._vni import VniBook
@@ -163,10 +169,14 @@ class Forwarder(ServerHop):
         self.reconciler: Reconciler | None = None  # a restarted forwarder's leftovers, if any
         self._remote = remote or (lambda url: not is_local_url(url))
 
-    def _outgoing_preferences(self, url: str, incoming: Mechanism, service: str) -> list[Mechanism]:
+    def _outgoing_preferences(
+        self, url: str, incoming: Mechanism, service: str, vni: int | None = None
+    ) -> list[Mechanism]:
         remote = self._remote(url)
         if incoming.type == KERNEL:
-            return [self._vxlan_preference(incoming, service)] if remote else [kernel_mechanism()]
+            if remote:
+                return [self._vxlan_preference(incoming, service, vni)]
+            return [kernel_mechanism()]
         if incoming.type == VXLAN:
             if remote:
                 raise FailedPrecondition(
@@ -177,8 +187,11 @@ class Forwarder(ServerHop):
             return [kernel_mechanism()]
         return [noop_mechanism(REMOTE if remote else LOCAL)] if NOOP in self.mechanisms else []
 
-    def _vxlan_preference(self, incoming: Mechanism, service: str) -> Mechanism:
-        """The client side's VXLAN preference towards another node (``src_*`` filled)."""
+    def _vxlan_preference(
+        self, incoming: Mechanism, service: str, vni: int | None = None
+    ) -> Mechanism:
+        """The client side's VXLAN preference towards another node (``src_*`` filled, and the
+        VNI of this connection's leftover vxlan end, if a restart left one)."""
         needs = "a KERNEL connection to an endpoint on another node needs VXLAN"
         if VXLAN not in self.mechanisms:
             offered = ", ".join(self.mechanisms)
@@ -197,6 +210,7 @@ class Forwarder(ServerHop):
         return vxlan_mechanism(
             self.tunnel_ip,
             src_port=DEFAULT_VXLAN_PORT,
+            vni=vni,
             mtu=int(mtu) if mtu.isdigit() else None,
         )
 
@@ -307,6 +321,9 @@ class Forwarder(ServerHop):
         if incoming.type == VXLAN:
             incoming = self._answer_vxlan(actor, incoming, service)
         candidates = await self._candidates(connection, actor.remaining())
+        # A restarted forwarder asks for its leftover vxlan end's VNI (so it stays as it is).
+        nsc_id = connection.path.path_segments[0].id if connection.path.path_segments else ""
+        vni = await leftover_vni(dataplane, self.reconciler, incoming, nsc_id, hop=self.name)
         failures: list[tuple[str, BaseException]] = []
         for endpoint in candidates:
             same = actor.state.get("endpoint") == endpoint.name
@@ -318,7 +335,7 @@ class Forwarder(ServerHop):
                         mechanism=actor.state.get("mechanism") if same else None,
                     ),
                     mechanism_preferences=self._outgoing_preferences(
-                        endpoint.url, incoming, service
+                        endpoint.url, incoming, service, vni
                     ),
                 )
                 assert self.peers is not None
@@ -371,15 +388,14 @@ class Forwarder(ServerHop):
         try:
             for attempt in range(VNI_ATTEMPTS):
                 spec = self._spec(dataplane, actor, incoming, reply)
-                reconciler = self.reconciler
-                adopt = reconciler is not None and reconciler.may_hold(spec.alias)
-                try:
-                    wire: Wire = await dataplane.ensure(
+                try:  # adopts a leftover of a previous life and claims it, if any
+                    wire: Wire = await ensure_wire(
+                        dataplane,
                         actor.state.pop("wire", None),
                         spec,
+                        reconciler=self.reconciler,
                         hop=self.name,
                         service=service,
-                        adopt=adopt,
                     )
                     break
                 except VniInUse:
@@ -395,10 +411,6 @@ class Forwarder(ServerHop):
                 await self._abandon(actor, url, reply)
             raise
         actor.state["wire"] = wire
-        if self.reconciler is not None:  # the leftovers this wire uses are claimed, not stale
-            self.reconciler.claim(
-                wire.spec.alias, [(end.namespace.key, end.index) for end in wire.kernel.ends]
-            )
         made = {} if incoming.type == VXLAN else {Param.NAME: wire.ifname}
         if wire.mtu:
             made[Param.MTU] = str(wire.mtu)
@@ -419,7 +431,15 @@ class Forwarder(ServerHop):
         assert reply.path is not None
         path = dataclasses.replace(reply.path, index=connection.path.index)
         retry = dataclasses.replace(
-            outgoing, connection=dataclasses.replace(connection, mechanism=None, path=path)
+            outgoing,
+            connection=dataclasses.replace(connection, mechanism=None, path=path),
+            mechanism_preferences=[  # no VNI asked for: the far side picks another one
+                dataclasses.replace(
+                    preference,
+                    parameters={k: v for k, v in preference.parameters.items() if k != Param.VNI},
+                )
+                for preference in outgoing.mechanism_preferences
+            ],
         )
         answer: Connection = await client.network_service.request(
             retry, timeout=actor.remaining(), metadata=token_metadata(self)

@@ -1,11 +1,26 @@
-"""The reconciler's rules (pure: no kernel) and the alias that carries a wire's owner."""
+"""The reconciler's rules (pure: no kernel), the alias that carries a wire's owner, and the sweep
+meeting a re-request on one alias (autojump clock; the kernel's scan and removal replaced by
+fakes, the data plane by one held at a gate, so each interleaving is forced, not timed)."""
 
 from __future__ import annotations
 
-import pytest
+from functools import partial
+from typing import Any
 
-from trionsm.actors._reconcile import DEFAULT_RECONCILE_GRACE, Reconciler
-from trionsm.kernel import Interface, WireAlias, alias_for, parse_alias
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trionsm.kernel
+from trionsm.actors._dataplane import Wire, WireSpec
+from trionsm.actors._reconcile import (
+    DEFAULT_RECONCILE_GRACE,
+    Reconciler,
+    ensure_wire,
+    serve_reconcile,
+)
+from trionsm.kernel import Interface, KernelWire, WireAlias, WireEnd, alias_for, parse_alias
 from trionsm.kernel._netns import Namespace
 
 NS_A = Namespace(url="file:///run/netns/a", path="/run/netns/a", dev=4, ino=100)
@@ -102,3 +117,123 @@ def test_a_scan_started_again_after_a_sweep_records_the_claims_made_meanwhile() 
 def test_the_default_grace_outlasts_a_refresh_at_nsm_defaults() -> None:
     # NSC refresh: 20 % of a 10-minute token = 120 s; heals come within seconds.
     assert DEFAULT_RECONCILE_GRACE > 0.2 * 600
+
+
+# --- the sweep and a re-request on one alias: serialised, whatever the interleaving --------------
+
+
+@attrs.define
+class GatedPlane:
+    """A data plane whose ``ensure`` waits at a gate (a re-request adopting, held mid-way) and
+    returns the wire of ``wire_ends``; records each call's ``adopt`` and the order of events."""
+
+    events: list[str]
+    wire_ends: tuple[WireEnd, WireEnd]
+    gate: trio.Event = attrs.Factory(trio.Event)
+    entered: trio.Event = attrs.Factory(trio.Event)
+    adopts: list[bool] = attrs.Factory(list)
+
+    async def ensure(
+        self, current: Wire | None, spec: WireSpec, *, hop: str, service: str, adopt: bool = False
+    ) -> Wire:
+        self.adopts.append(adopt)
+        self.events.append("ensure")
+        self.entered.set()
+        await self.gate.wait()
+        client, endpoint = self.wire_ends
+        return Wire(spec, KernelWire(spec.connection_id, client, endpoint, mtu=0))
+
+
+def spec_for(alias_id: str) -> WireSpec:
+    return WireSpec(
+        connection_id=alias_id,
+        client_netns=NS_A.url,
+        client_ifname="nsm-1",
+        endpoint_netns=NS_B.url,
+        endpoint_ifname="nsm-x",
+        mtu=0,
+        ip_context=None,
+        encoded=b"",
+        owner="fwd",
+    )
+
+
+def fake_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+    found: list[Interface],
+    events: list[str],
+    gate: trio.Event | None = None,
+) -> None:
+    """The kernel's scan answers ``found``; each removal is recorded in ``events`` (after
+    waiting at ``gate``, if given)."""
+
+    async def scan(owner: str, **_: Any) -> list[Interface]:
+        return [leftover for leftover in found if leftover.parsed.owner == owner]  # type: ignore[union-attr]
+
+    async def remove(interfaces: list[Interface], **_: Any) -> int:
+        events.append("removing " + ",".join(f"#{i.index}" for i in interfaces))
+        if gate is not None:
+            await gate.wait()
+        events.append("removed")
+        return len(interfaces)
+
+    monkeypatch.setattr(trionsm.kernel, "scan_namespaces", scan)
+    monkeypatch.setattr(trionsm.kernel, "remove_interfaces", remove)
+
+
+async def test_a_sweep_waits_for_an_adoption_in_flight_and_keeps_what_it_claims(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alias = alias_for("nsc-1", "fwd")
+    adopted = [leftover(NS_A, 5, alias), leftover(NS_B, 9, alias, "nsm-x")]
+    stray = leftover(NS_A, 6, alias_for("nsc-gone", "fwd"))
+    events: list[str] = []
+    fake_kernel(monkeypatch, [*adopted, stray], events)
+    reconciler = Reconciler("fwd", grace=10.0)
+    plane = GatedPlane(events, (WireEnd(NS_A, "nsm-1", 5), WireEnd(NS_B, "nsm-x", 9)))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(serve_reconcile, reconciler, hop="fwd"))
+        await trio.sleep(9.0)  # the re-request comes just before the grace ends...
+        request = partial(
+            ensure_wire, plane, None, spec_for("nsc-1"), reconciler=reconciler, hop="fwd",
+            service="icmp",
+        )  # fmt: skip
+        nursery.start_soon(request)
+        await plane.entered.wait()  # ...found its leftover, and is adopting it (not claimed)
+        await trio.sleep(5.0)  # the grace is over: the sweep runs
+        await trio.testing.wait_all_tasks_blocked()
+        assert events == ["ensure", "removing #6", "removed"]  # the stray went; not the wire
+        assert not reconciler.finished  # the sweep waits for the alias being adopted
+        plane.gate.set()  # the adoption ends with its claim
+        await trio.testing.wait_all_tasks_blocked()
+        assert reconciler.finished
+        assert events == ["ensure", "removing #6", "removed"]  # the claimed wire stays
+        assert plane.adopts == [True]
+
+
+async def test_a_request_that_comes_while_the_sweep_removes_its_leftover_waits_then_creates(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alias = alias_for("nsc-1", "fwd")
+    events: list[str] = []
+    removal = trio.Event()
+    fake_kernel(monkeypatch, [leftover(NS_A, 5, alias)], events, gate=removal)
+    reconciler = Reconciler("fwd", grace=10.0)
+    plane = GatedPlane(events, (WireEnd(NS_A, "nsm-1", 12), WireEnd(NS_B, "nsm-x", 13)))
+    plane.gate.set()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(serve_reconcile, reconciler, hop="fwd"))
+        await trio.sleep(11.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert events == ["removing #5"]  # the sweep is removing the unclaimed leftover...
+        request = partial(
+            ensure_wire, plane, None, spec_for("nsc-1"), reconciler=reconciler, hop="fwd",
+            service="icmp",
+        )  # fmt: skip
+        nursery.start_soon(request)  # ...when its client re-requests
+        await trio.testing.wait_all_tasks_blocked()
+        assert events == ["removing #5"]  # the request waits for the removal
+        removal.set()
+    assert events == ["removing #5", "removed", "ensure"]
+    assert plane.adopts == [False]  # nothing left to adopt: it makes the wire anew
+    assert reconciler.finished
