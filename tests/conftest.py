@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+import trio
 from hypothesis import HealthCheck, settings
+
+from tests.netns import Host
 
 if TYPE_CHECKING:
     from tests.etcd_server import EtcdServer
@@ -44,3 +47,15 @@ async def etcd_server(tmp_path: Path) -> AsyncIterator[EtcdServer]:
 
     async with open_etcd_server(tmp_path) as server:
         yield server
+
+
+@pytest.fixture
+async def host() -> AsyncIterator[Host]:
+    """Network namespaces for this test (``await host.netns()``, ``ip`` to look into them: see
+    tests/netns.py); deleted by their exact names when it ends."""
+    made = Host()
+    try:
+        yield made
+    finally:
+        with trio.CancelScope(shield=True):
+            await made.remove()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import random
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
 
+from tests.netns import Host
 from trionsm.actors._vni import choose_vni
 from trionsm.actors.client import ClientConnection, EventKind
 from trionsm.errors import FailedPrecondition
@@ -25,25 +25,12 @@ from trionsm.identity import JwtTokenProvider
 from trionsm.kernel import list_wires, ping
 from trionsm.scenario import Mesh, open_mesh
 
-from ..kernel.conftest import Host  # noqa: TID252 - the kernel tests' namespace helper
-
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
 BOUND = 30.0
 """Seconds any step may take before the test fails (a hang guard: most take milliseconds)."""
 CIDRS = ["169.254.120.0/24", "fd00::120:0/120"]
 NODE0, NODE1 = "169.254.200.1", "169.254.200.2"
-
-
-@pytest.fixture
-async def host() -> AsyncIterator[Host]:
-    """Namespaces for this test (as the kernel tests'); deleted by exact name when it ends."""
-    made = Host()
-    try:
-        yield made
-    finally:
-        with trio.CancelScope(shield=True):
-            await made.remove()
 
 
 def addresses(conn: ClientConnection, field: str) -> list[str]:

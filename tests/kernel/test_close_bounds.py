@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 import trio
 
+from tests.netns import Host
 from trionsm.actors import _connection
 from trionsm.actors._dataplane import DataPlane, Wire
 from trionsm.scenario import open_mesh
-
-from .conftest import Host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.netns import Host
 from trionsm.actors._mechanisms import kernel_mechanism
 from trionsm.actors.client import ClientConnection, EventKind
 from trionsm.api.connection import Connection
@@ -29,8 +30,6 @@ from trionsm.identity import JwtTokenProvider
 from trionsm.kernel import ping
 from trionsm.scenario import Mesh, open_mesh
 from trionsm.transport import open_client
-
-from .conftest import Host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -9,11 +9,10 @@ import pytest
 import trio
 import trio.testing
 
+from tests.netns import Host
 from trionsm.errors import NotFound, Unavailable
 from trionsm.kernel import Lane, Namespace, NetlinkLimits, open_netlink, resolve_namespace
 from trionsm.kernel._handles import Handle, step
-
-from .conftest import Host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.netns import Host
 from trionsm.errors import InvalidArgument, NotFound
 from trionsm.kernel import inode_url, resolve_namespace
-
-from .conftest import Host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -20,6 +20,7 @@ import attrs
 import pytest
 import trio
 
+from tests.netns import Host
 from trionsm.actors._dataplane import DataPlane, WireSpec
 from trionsm.actors._mechanisms import kernel_mechanism
 from trionsm.actors.client import ClientConnection, EventKind
@@ -40,7 +41,7 @@ from trionsm.kernel import (
 )
 from trionsm.scenario import Mesh, open_mesh
 
-from .conftest import Host, pair_context
+from .conftest import pair_context
 from .test_vxlan import LOCAL, REMOTE, Tunnel, tunnel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")

@@ -12,6 +12,7 @@ import attrs
 import pytest
 import trio
 
+from tests.netns import Host
 from trionsm.api.connectioncontext import IpContext
 from trionsm.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from trionsm.kernel import (
@@ -26,7 +27,7 @@ from trionsm.kernel import (
     vxlan_macs,
 )
 
-from .conftest import Host, pair_context
+from .conftest import pair_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

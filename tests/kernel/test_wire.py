@@ -9,6 +9,7 @@ from functools import partial
 import pytest
 import trio
 
+from tests.netns import Host
 from trionsm.api.connectioncontext import IpContext, IpNeighbor, PolicyRoute, Route
 from trionsm.kernel import (
     Netlink,
@@ -19,8 +20,6 @@ from trionsm.kernel import (
     ping,
     remove_wire,
 )
-
-from .conftest import Host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 

@@ -10,6 +10,7 @@ import pytest
 import trio
 import trio.testing
 
+from tests.netns import Host
 from trionsm.api.connectioncontext import IpContext, Route
 from trionsm.errors import AlreadyExists, InvalidArgument, NotFound
 from trionsm.kernel import (
@@ -20,8 +21,6 @@ from trionsm.kernel import (
     open_netlink,
     resolve_namespace,
 )
-
-from .conftest import Host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
