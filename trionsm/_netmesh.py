@@ -318,7 +318,8 @@ async def start_node(mesh: NetMesh, node: Node) -> None:
     args = ["node", "--config", str(config), "--name", node.name, "--dir", str(directory),
             "--listen", node.nsmgr_url, "--listen", node.public_url,
             "--registry", mesh.registry_url, "--forwarder", mode]  # fmt: skip
-    await mesh.start(node.name, args, netns=node.netns, sockets=sockets[: 3 - node.external])
+    own = sockets[:2] if node.external else sockets  # (an external forwarder has its own)
+    await mesh.start(node.name, args, netns=node.netns, sockets=own)
     if node.external:
         args = ["forwarder", "--name", node.forwarder, "--listen", f"unix://{sockets[2]}",
                 "--nsmgr", node.nsmgr_url, "--mechanism", "kernel", "--mechanism", "noop",
@@ -336,10 +337,11 @@ async def open_netmesh(
     """An empty namespace mesh (call :meth:`NetMesh.add_bridge` first); torn down on exit.
 
     On exit (shielded, even when cancelled) the processes stop (NSCs first, SIGKILL after
-    ``stop_grace``), wires left in the mesh's namespaces and interfaces left in its nodes' are
-    appended to ``processes.unclean``, the namespaces are deleted by exact name and the directory
-    removed. ``inventory`` (given, or the mesh's :attr:`NetMesh.inventory`) records everything
-    made, for :func:`find_leaks` afterwards.
+    ``stop_grace``) in dependency order, the node configs are removed, wires left in the mesh's
+    namespaces and interfaces left in its nodes' are listed, the namespaces are deleted by exact
+    name and the directory removed; what went wrong is appended to ``inventory.unclean``.
+    ``inventory`` (given, or a new one: :attr:`NetMesh.inventory`) records everything made, for
+    :func:`find_leaks` afterwards.
     """
     inventory = inventory if inventory is not None else Inventory()
     token = secrets.token_hex(3)
