@@ -159,3 +159,21 @@ async def test_nse_ipam_policy_takes_polymorphic_or_strict_only() -> None:
     assert done.returncode == 2
     assert "--ipam-policy" in done.stderr.decode()
     assert "'loose'" in done.stderr.decode()
+
+
+async def test_demo_without_root_exits_1_and_says_why_in_its_json() -> None:
+    """Run as nobody (``setpriv``): nothing is made, the JSON line names what is missing."""
+    with trio.fail_after(60):
+        done = await trio.run_process(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+             sys.executable, "-m", "trionsm.cli", "demo", "--json"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr.decode()
+    result = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert result["connected"] is False
+    assert result["leaked"] == 0
+    assert result["problems"] == ["needs root and iproute2's 'ip' (it makes network namespaces)"]
+    assert "needs root" in done.stderr.decode()

@@ -46,8 +46,10 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 when everything worked and nothing was left, else 1."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        print("trionsm demo: needs root and iproute2's 'ip' (it makes network namespaces)",
-              file=sys.stderr)  # fmt: skip
+        problem = "needs root and iproute2's 'ip' (it makes network namespaces)"
+        print(f"trionsm demo: {problem}", file=sys.stderr)
+        if args.json:
+            print_json(DemoReport(problems=[problem]))
         return 1
     console = Console(highlight=False, soft_wrap=True)
     report = trio.run(_main, console)
