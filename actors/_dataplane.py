@@ -47,6 +47,7 @@ cause. ``trionsm.kernel`` (and pyroute2) is imported on first use, not with this
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -70,6 +71,8 @@ if TYPE_CHECKING:
     )
 
 __all__ = ["DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
+
+log = logging.getLogger("trionsm.actors.dataplane")
 
 DEFAULT_CLIENT_INTERFACE = "nsm-1"
 """The client end's name when the incoming mechanism names none (as ``trionsm.kernel``)."""
@@ -453,6 +456,7 @@ class DataPlane:
                     f"{end.ifname} in {end.namespace} is taken by {_holder(parsed)}", hop=hop
                 )
         if ends:
+            log.info("%s: replacing the leftover %s: %s", hop, spec.description, seen.difference)
             await remove_interfaces(ends, hop=hop, netlink=self.netlink)
         return None, len(ends)
 

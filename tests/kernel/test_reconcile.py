@@ -9,6 +9,7 @@ and it must only ever meet this test's interfaces.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
@@ -21,8 +22,8 @@ import pytest
 import trio
 
 from tests.netns import Host
-from trionsm.actors._dataplane import DataPlane, WireSpec
-from trionsm.actors._mechanisms import kernel_mechanism
+from trionsm.actors._dataplane import DataPlane, VxlanSpec, WireSpec
+from trionsm.actors._mechanisms import kernel_mechanism, vxlan_mechanism
 from trionsm.actors.client import ClientConnection, EventKind
 from trionsm.api.connectioncontext import ConnectionContext, IpContext, PolicyRoute, Route
 from trionsm.api.registry import Match, Metadata, NetworkService
@@ -30,6 +31,7 @@ from trionsm.errors import AlreadyExists
 from trionsm.kernel import (
     KernelWire,
     Netlink,
+    VxlanEnd,
     create_kernel_wire,
     create_vxlan_end,
     inspect_vxlan_end,
@@ -590,3 +592,46 @@ async def test_a_vxlan_end_that_differs_from_its_plan_says_how(
 async def made_wire(netlink: Netlink, owner: str, net: Tunnel) -> KernelWire:
     """A veth pair carrying the vxlan end's alias and name (``nsm-1`` in the first workload)."""
     return await made(netlink, owner, "nsc-1", net.workload[0], net.workload[1], pair_context(60))
+
+
+def vxlan_spec(dataplane: DataPlane, owner: str, net: Tunnel, vni: int) -> VxlanSpec:
+    """The client side's end of ``net`` as a forwarder plans it from the two mechanisms."""
+    return dataplane.plan_vxlan(
+        "nsc-1",
+        "client",
+        kernel_mechanism(net.workload[0], "nsm-1"),
+        vxlan_mechanism(LOCAL, REMOTE, src_port=4789, dst_port=4789, vni=vni),
+        ConnectionContext(ip_context=pair_context(62)),
+        underlay_netns=net.underlay[0],
+        hop=owner,
+        service="icmp",
+        owner=owner,
+    )
+
+
+async def test_the_data_plane_adopts_its_exact_leftover_vxlan_end_and_replaces_one_that_differs(
+    host: Host, netlink: Netlink, caplog: pytest.LogCaptureFixture
+) -> None:
+    net = await tunnel(host)
+    owner = owner_name()
+    first, restarted = DataPlane(netlink), DataPlane(netlink)  # two incarnations
+    client = kernel_mechanism(net.workload[0], "nsm-1")
+    with trio.fail_after(BOUND):
+        spec = vxlan_spec(first, owner, net, vni=310)
+        made = await first.ensure(None, spec, hop=owner, service="icmp")
+        for adopt in (True, False):  # looked for first, or after the VNI was found taken
+            adopted = await restarted.ensure(None, spec, hop=owner, service="icmp", adopt=adopt)
+            assert adopted.kernel == made.kernel  # the very same interface
+        assert await restarted.leftover_vni(client, "nsc-1", owner=owner, hop=owner) == 310
+        assert await restarted.leftover_vni(client, "nsc-2", owner=owner, hop=owner) is None
+
+        other = vxlan_spec(first, owner, net, vni=312)  # the far side picked another VNI
+        with caplog.at_level(logging.INFO, logger="trionsm.actors.dataplane"):
+            replaced = await restarted.ensure(None, other, hop=owner, service="icmp", adopt=True)
+        assert "has VNI 310, not 312" in caplog.text  # it says why
+        assert isinstance(replaced.kernel, VxlanEnd)
+        assert isinstance(made.kernel, VxlanEnd)
+        assert replaced.kernel.end.index != made.kernel.end.index
+        (link,) = await host.json(net.workload[0], "-d", "link", "show", "nsm-1")
+        assert link["linkinfo"]["info_data"]["id"] == 312
+        assert sorted(await host.links(net.workload[0])) == ["lo", "nsm-1"]
