@@ -21,11 +21,13 @@ What :class:`DataPlane` does for it:
 * :meth:`DataPlane.ensure`, after the endpoint answered: the wire of that spec. The same wire,
   still whole (a refresh): nothing is changed. A different spec (another endpoint, new
   addresses) or a wire deleted behind our back: the old one is removed and the new one made.
-  A leftover veth pair (a restarted forwarder, re-requested) that is exactly the wire of the
-  spec is adopted as it is: same interfaces, no flap. A leftover of the same client connection
-  that differs, or that another forwarder made (the client reselected after its forwarder
-  died), is removed and the wire made again; a name held by anything else is AlreadyExists
-  naming its owner. A failed creation leaves nothing (``create_kernel_wire`` rolls back).
+  A leftover (a restarted forwarder, re-requested) that is exactly the wire of the spec, a veth
+  pair or this side's vxlan end (VNI, tunnel, underlay, MAC, MTU, addresses, routes,
+  neighbours), is adopted as it is: same interfaces, no flap. A leftover of the same client
+  connection that differs (logged with why), or that another forwarder made (the client
+  reselected after its forwarder died), is removed and the wire made again; a name held by
+  anything else is AlreadyExists naming its owner. A failed creation leaves nothing (the
+  kernel package rolls back).
 * :meth:`DataPlane.remove`, on Close, expiry, reselect and a move to another endpoint: exactly
   the interfaces made or adopted (namespace, index and alias), so a late Close of an old
   forwarder's connection never touches the wire a new forwarder made under the same name.
@@ -37,7 +39,9 @@ endpoint's node, the endpoint's namespace and name from its KERNEL reply and the
 incoming VXLAN mechanism. Both sides' devices have their tunnel in the forwarder's underlay
 namespace. :meth:`DataPlane.ensure` and :meth:`DataPlane.remove` take either kind of spec and
 wire; a VNI the underlay already has comes back as ``trionsm.kernel.VniInUse`` (an
-AlreadyExists), for the forwarder to choose or ask for another.
+AlreadyExists), for the forwarder to choose or ask for another. :meth:`DataPlane.leftover_vni`
+reads the VNI of a client's leftover vxlan end, which a restarted forwarder asks the far side
+for again, so that both nodes' ends stay as they are.
 
 Errors are the kernel's typed errors (NotFound for a missing namespace, AlreadyExists for a taken
 name or address, InvalidArgument...), naming the forwarder, the network service, the wire and the
@@ -377,7 +381,8 @@ class DataPlane:
         adopt: bool = False,
     ) -> Wire:
         """The wire of ``spec``: ``current`` if it is that wire and still whole; else a leftover
-        veth pair that is exactly that wire, adopted as it is (no flap); else a new one,
+        (veth pair or vxlan end) that is exactly that wire, adopted as it is (no flap); else a
+        new one,
         ``current`` and this client connection's stale interfaces under its names removed first.
         Cancellable: a creation cut short leaves nothing.
 

@@ -13,6 +13,9 @@ gone. A restarted forwarder therefore finds its wires without any state of its o
   the permanent neighbours. A match is a :class:`~trionsm.kernel.KernelWire` to adopt as it is
   (no flap: same interfaces, same indexes); otherwise the :class:`Inspection` says why and what
   holds each name (for the caller to replace a stale end or refuse a foreign one).
+* A remote connection's side is one vxlan end: ``_vxlan_reconcile``'s ``inspect_vxlan_end``
+  compares it with its plan the same way (plus VNI, tunnel, underlay and MAC), on the
+  :class:`Interface` read here (its :class:`VxlanTunnel`).
 * :func:`remove_interfaces` deletes interfaces exactly: by namespace, index *and* alias, each
   checked just before its deletion. A name or an alias alone is not enough: after a reselect a
   new forwarder's wire has the old one's name, and the old forwarder's late Close must not touch

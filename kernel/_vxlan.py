@@ -27,6 +27,8 @@ the device is deleted, so nothing half-made remains in either namespace.
 
 Removal and listing are the alias-based functions of the veth wire (``remove_wire``,
 ``list_wires``, ``check_wire``): a vxlan end is a single interface carrying the same alias.
+:func:`plan_vxlan_end` checks the input and plans the end without the kernel; reconcile
+(``_vxlan_reconcile``) compares a leftover end with the same plan, to adopt it as it is.
 """
 
 from __future__ import annotations
