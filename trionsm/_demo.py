@@ -1,7 +1,8 @@
 """The demo: a two-node mesh in network namespaces, two faults, each heal timed, nothing left.
 
-Flow (:func:`run_demo`): a bridge and a registry; node-1 and node-2 (an nsmgr and a forwarder
-process each, in their namespaces, see :mod:`trionsm._netmesh`); two ICMP-responder NSEs on
+Flow (:func:`run_demo`): a bridge and a registry; node-1 and node-2 (``trionsm node`` processes
+in their namespaces, node-1's forwarder a process of its own, see :mod:`trionsm._netmesh`); two
+ICMP-responder NSEs on
 node-2 (pools ``169.254.101.0/24`` and ``169.254.102.0/24``); an NSC on node-1 asking for
 ``kernel://icmp-responder/nsm-1``, which gets a VXLAN wire across the nodes. The demo pings
 through the wire from the NSC's namespace every 50 ms for the whole run, then:
@@ -9,9 +10,9 @@ through the wire from the NSC's namespace every 50 ms for the whole run, then:
 1. SIGKILLs node-1's forwarder process and starts it again on the same socket: it reconciles
    (adopts the NSC's wire as it is, when the NSC's heal re-requests it); the demo reports the
    longest ping gap around it and whether the NSC's interface is still the same one;
-2. kills the NSE in use (SIGKILL, and its pod's namespace goes): the NSC reselects the other NSE,
-   a new wire with new addresses; ``heal_ms`` runs from the kill to the NSC's ``healed`` event
-   on the other NSE, and the ping must then be answered at the new address.
+2. kills the NSE in use (SIGKILL; its pod's interfaces and namespace go): the NSC reselects the
+   other NSE, a new wire with new addresses; ``heal_ms`` runs from the kill to the NSC's
+   ``healed`` event on the other NSE, and the ping must then be answered at the new address.
 
 Then everything is torn down and :func:`~trionsm._netmesh.find_leaks` counts what is left. Every
 wait is bounded; a phase that fails is reported, and the rest is skipped but the teardown and the
@@ -37,7 +38,7 @@ from trionsm._netmesh import Inventory, NetMesh, Pod, find_leaks, link_index, op
 from trionsm._probes import Event, EventLog, Pinger
 from trionsm.errors import TrionsmError
 
-__all__ = ["DemoReport", "Progress", "run_demo"]
+__all__ = ["DemoReport", "Progress", "print_json", "run_demo", "summary_table"]
 
 SERVICE = "icmp-responder"
 STEP_TIMEOUT = 15.0
@@ -48,15 +49,16 @@ STEP_TIMEOUT = 15.0
 class DemoReport:
     """What the demo found; :meth:`summary` is the JSON object ``--json`` prints last.
 
-    ``heal_ms`` and the gaps are None when the run did not get that far.
+    Times are in seconds here (milliseconds in the summary); None when the run did not get that
+    far.
     """
 
     connected: bool = False
     ping_ok: bool = False
     healed: bool = False
-    heal_ms: float | None = None
-    gap_ms: float | None = None
-    forwarder_gap_ms: float | None = None
+    heal_s: float | None = None
+    gap_s: float | None = None
+    forwarder_gap_s: float | None = None
     wire_kept: bool | None = None
     leaked: int = 0
     problems: list[str] = attrs.field(factory=list)
@@ -72,10 +74,10 @@ class DemoReport:
             "connected": self.connected,
             "ping_ok": self.ping_ok,
             "healed": self.healed,
-            "heal_ms": _ms(self.heal_ms),
-            "gap_ms": _ms(self.gap_ms),
+            "heal_ms": _ms(self.heal_s),
+            "gap_ms": _ms(self.gap_s),
             "leaked": self.leaked,
-            "forwarder_gap_ms": _ms(self.forwarder_gap_ms),
+            "forwarder_gap_ms": _ms(self.forwarder_gap_s),
             "wire_kept": self.wire_kept,
             "problems": self.problems,
         }
@@ -232,7 +234,7 @@ async def _scenario(mesh: NetMesh, say: Progress, report: DemoReport) -> None:
             await _endpoint_fault(mesh, say, report, log, pinger)
         finally:
             if pinger.replies:
-                report.gap_ms = pinger.longest_gap()
+                report.gap_s = pinger.longest_gap()
             say(f"pings: {len(pinger.replies)} answered of {pinger.sent}; longest gap over the "
                 f"run {_ms(pinger.longest_gap())} ms")  # fmt: skip
             nursery.cancel_scope.cancel()
@@ -263,8 +265,8 @@ async def _forwarder_fault(
     await _bounded(_replies_since(pinger, healed.at, 10), "pings after the re-request")
     after = await link_index(nsc.netns, "nsm-1")
     report.wire_kept = before is not None and before == after
-    report.forwarder_gap_ms = pinger.longest_gap(killed, trio.current_time())
-    gap = f"longest ping gap since the kill {_ms(report.forwarder_gap_ms)} ms"
+    report.forwarder_gap_s = pinger.longest_gap(killed, trio.current_time())
+    gap = f"longest ping gap since the kill {_ms(report.forwarder_gap_s)} ms"
     if report.wire_kept:
         say.good(f"wire adopted as it was: the same interface (ifindex {after}); {gap}")
     else:
@@ -291,8 +293,8 @@ async def _endpoint_fault(
         ),
         f"a heal onto an NSE other than {victim}",
     )
-    report.heal_ms = moved.at - killed
-    say.good(f"nsc-1 reselected {moved.endpoint}: {_wire(moved)} in {_ms(report.heal_ms)} ms "
+    report.heal_s = moved.at - killed
+    say.good(f"nsc-1 reselected {moved.endpoint}: {_wire(moved)} in {_ms(report.heal_s)} ms "
         f"(NSE death -> connection UP on the other NSE)")  # fmt: skip
     say(f"path: {' -> '.join(moved.path)}")
     kept = [address for address in (*moved.src, *moved.dst) if address in current.dst]
@@ -347,12 +349,12 @@ def summary_table(report: DemoReport) -> Table:
     row("connected (NSC on node-1 -> NSE on node-2, VXLAN)", str(report.connected),
         report.connected)  # fmt: skip
     row("ping through the wire, then through the new one", str(report.ping_ok), report.ping_ok)
-    row("forwarder SIGKILL: longest ping gap", _figure(report.forwarder_gap_ms), None)
+    row("forwarder SIGKILL: longest ping gap", _figure(report.forwarder_gap_s), None)
     row("forwarder SIGKILL: wire adopted as it was", str(report.wire_kept),
         True if report.wire_kept else None)  # fmt: skip
     row("NSE death: healed onto the other NSE, new addresses", str(report.healed), report.healed)
-    row("NSE death -> connection UP on the other NSE", _figure(report.heal_ms), None)
-    row("longest ping gap over the run", _figure(report.gap_ms), None)
+    row("NSE death -> connection UP on the other NSE", _figure(report.heal_s), None)
+    row("longest ping gap over the run", _figure(report.gap_s), None)
     row("left behind (namespaces, links, processes, sockets)", str(report.leaked),
         report.leaked == 0)  # fmt: skip
     return table
