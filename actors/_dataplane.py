@@ -434,7 +434,13 @@ class DataPlane:
         Raises:
             AlreadyExists: a name is held by anything else (naming its owner).
         """
-        from trionsm.kernel import inspect_vxlan_end, inspect_wire, plan_wire, remove_interfaces
+        from trionsm.kernel import (
+            inspect_vxlan_end,
+            inspect_wire,
+            plan_vxlan_end,
+            plan_wire,
+            remove_interfaces,
+        )
 
         if isinstance(spec, WireSpec):
             plan = plan_wire(
@@ -450,7 +456,10 @@ class DataPlane:
                 plan, spec.client_netns, spec.endpoint_netns, hop=hop, netlink=self.netlink
             )
         else:
-            seen = await inspect_vxlan_end(**_vxlan_arguments(spec), hop=hop, netlink=self.netlink)
+            arguments = _vxlan_arguments(spec)
+            underlay, netns = arguments.pop("underlay_ns"), arguments.pop("netns")
+            vxlan = plan_vxlan_end(**arguments, hop=hop)
+            seen = await inspect_vxlan_end(vxlan, underlay, netns, hop=hop, netlink=self.netlink)
         if seen.wire is not None:
             return _made(spec, seen.wire), 0
         ends = seen.ends

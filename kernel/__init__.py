@@ -21,8 +21,9 @@ Map:
   :func:`scan_namespaces` finds a forwarder's :class:`Interface` s in every namespace of the
   host; :func:`inspect_wire` compares the interfaces a plan names with it (an
   :class:`Inspection`: adopt as it is, or why not) and :func:`lookup` reads one;
-  :func:`inspect_vxlan_end` does the same for one side's vxlan end (:class:`VxlanInspection`:
-  VNI, tunnel, underlay, MAC, MTU, addresses, routes, neighbours);
+  :func:`inspect_vxlan_end` does the same for one side's vxlan end planned by
+  :func:`plan_vxlan_end` (:class:`VxlanPlan`; a :class:`VxlanInspection`: VNI, tunnel,
+  underlay, MAC, MTU, addresses, routes, neighbours);
   :func:`remove_interfaces` removes exactly (namespace, index and alias).
 * :func:`ping` and :func:`check_liveness`: ICMP echo from inside a namespace (NSM's kernel
   liveness check: every src/dst pair, ``LIVENESS_PACKETS`` echoes over ``LIVENESS_TIMEOUT``).
@@ -76,7 +77,9 @@ from ._vxlan import (
     Side,
     VniInUse,
     VxlanEnd,
+    VxlanPlan,
     create_vxlan_end,
+    plan_vxlan_end,
     vxlan_macs,
 )
 from ._vxlan_reconcile import VxlanInspection, inspect_vxlan_end
@@ -112,6 +115,7 @@ __all__ = [
     "VniInUse",
     "VxlanEnd",
     "VxlanInspection",
+    "VxlanPlan",
     "WireAlias",
     "WireEnd",
     "WireInterface",
@@ -130,6 +134,7 @@ __all__ = [
     "open_netlink",
     "parse_alias",
     "ping",
+    "plan_vxlan_end",
     "plan_wire",
     "remove_interfaces",
     "remove_wire",

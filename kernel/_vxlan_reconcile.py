@@ -25,22 +25,12 @@ from typing import Any
 import attrs
 import trio
 
-from trionsm.api.connectioncontext import IpContext
-
 from ._handles import Handle, Lane, step
 from ._netlink import Netlink, current_netlink
 from ._netns import Namespace, open_namespace, resolve_namespace
 from ._reconcile import Interface, compare_end, observe
 from ._veth import WireEnd
-from ._vxlan import (
-    DEFAULT_VXLAN_PORT,
-    Side,
-    VxlanEnd,
-    VxlanPlan,
-    allowed_mtu,
-    lower_link,
-    plan_vxlan_end,
-)
+from ._vxlan import VxlanEnd, VxlanPlan, allowed_mtu, lower_link
 from ._wireplan import Address
 
 __all__ = ["VxlanInspection", "compare_vxlan", "inspect_vxlan_end"]
@@ -74,46 +64,24 @@ class VxlanInspection:
 
 
 async def inspect_vxlan_end(
-    connection_id: str,
+    plan: VxlanPlan,
     underlay_ns: Namespace | str,
     netns: Namespace | str,
-    ifname: str,
     *,
-    side: Side,
-    local_ip: str,
-    remote_ip: str,
-    vni: int,
-    port: int = DEFAULT_VXLAN_PORT,
-    mtu: int = 0,
-    ip_context: IpContext | None = None,
-    owner: str = "",
     hop: str | None = None,
     netlink: Netlink | None = None,
 ) -> VxlanInspection:
-    """Read the end :func:`~trionsm.kernel.create_vxlan_end` would make with these arguments, and
-    compare it with them (:func:`compare_vxlan`). Nothing is changed.
+    """Read the end :func:`~trionsm.kernel.create_vxlan_end` would make for ``plan`` (from
+    :func:`~trionsm.kernel.plan_vxlan_end`, with the same arguments), and compare it with the
+    plan (:func:`compare_vxlan`). Nothing is changed.
 
     Two reads at once in the ``PROBE`` lane: the interface in ``netns`` (with the number
-    ``netns`` gives the underlay), and the underlay interface holding ``local_ip``.
+    ``netns`` gives the underlay), and the underlay interface holding the local address.
 
     Raises:
-        InvalidArgument: bad input, as :func:`~trionsm.kernel.create_vxlan_end`.
-        NotFound, PermissionDenied: a namespace is missing or cannot be entered.
+        NotFound, PermissionDenied, InvalidArgument: a namespace is missing or cannot be entered.
         TrionsmError: the kernel refused a lookup.
     """
-    plan = plan_vxlan_end(
-        connection_id,
-        ifname,
-        side=side,
-        local_ip=local_ip,
-        remote_ip=remote_ip,
-        vni=vni,
-        port=port,
-        mtu=mtu,
-        ip_context=ip_context,
-        owner=owner,
-        hop=hop,
-    )
     netlink = netlink or current_netlink()
     underlay = await resolve_namespace(underlay_ns, hop=hop)
     workload = await resolve_namespace(netns, hop=hop)
@@ -138,7 +106,7 @@ async def inspect_vxlan_end(
     wire = None
     if not difference:
         wire = VxlanEnd(
-            connection_id=connection_id,
+            connection_id=plan.wire.connection_id,
             end=WireEnd(workload, end.ifname, end.index),
             underlay=underlay,
             local_ip=str(plan.local),

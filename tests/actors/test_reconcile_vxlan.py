@@ -15,23 +15,19 @@ from __future__ import annotations
 import os
 import random
 from contextlib import AsyncExitStack
-from functools import partial
 
 import pytest
 import trio
 
 from tests.kernel.test_reconcile import (
     GRACE,
-    Pinger,
     destination,
-    eventually,
     ifindexes,
-    more_than,
     owner_name,
     reconciled,
+    restart_while_pinging,
 )
 from tests.netns import Host
-from trionsm.actors.client import EventKind
 from trionsm.kernel import create_vxlan_end, ping
 from trionsm.scenario import Mesh, open_mesh
 
@@ -93,22 +89,8 @@ async def test_a_forwarder_restarted_on_either_node_adopts_its_vxlan_ends_withou
                 before = {netns: await host.links(netns) for netns in [*clients, nse_ns]}
                 assert len(before[nse_ns]) == 1 + 2
 
-                pingers = [
-                    Pinger(mesh, netns, destination(c))
-                    for netns, c in zip(clients, conns, strict=True)
-                ]
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    for pinger in pingers:
-                        nursery.start_soon(pinger.run, stop)
-                    await mesh.kill(restarted)  # a crash: its actors are gone, its wires are not
-                    await mesh.restart(restarted)
-                    for conn in conns:
-                        healed = await conn.wait_for(EventKind.HEALED)
-                        assert "re-requested (data plane alive)" in healed.reason
-                    for pinger in pingers:  # a few more echoes after the heals
-                        await eventually(partial(more_than, pinger, pinger.answered + 3))
-                    stop.set()
+                clients_of = dict(zip(clients, conns, strict=True))
+                pingers = await restart_while_pinging(mesh, restarted, clients_of)
                 assert [p.lost for p in pingers] == [0, 0]
                 assert all(p.answered > 3 for p in pingers)
                 assert vnis_of(mesh, forwarders[1]) == set(vnis)  # kept, or re-learned

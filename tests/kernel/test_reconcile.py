@@ -32,11 +32,13 @@ from trionsm.kernel import (
     KernelWire,
     Netlink,
     VxlanEnd,
+    VxlanPlan,
     create_kernel_wire,
     create_vxlan_end,
     inspect_vxlan_end,
     inspect_wire,
     ping,
+    plan_vxlan_end,
     plan_wire,
     remove_interfaces,
     scan_namespaces,
@@ -275,23 +277,8 @@ async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_remove
                 before = {netns: await host.links(netns) for netns in [*clients, nse_ns]}
                 assert len(before[nse_ns]) == 1 + 3 + 1
 
-                pingers = [
-                    Pinger(mesh, netns, destination(c))
-                    for netns, c in zip(clients, conns, strict=True)
-                ]
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    for pinger in pingers:
-                        nursery.start_soon(pinger.run, stop)
-                    await mesh.kill(fwd)  # a crash: its actors are gone, its wires are not
-                    await mesh.restart(fwd)
-                    for conn in conns:
-                        healed = await conn.wait_for(EventKind.HEALED)
-                        assert "re-requested (data plane alive)" in healed.reason
-                    for pinger in pingers:  # a few more echoes after the heals
-                        answered = pinger.answered
-                        await eventually(partial(more_than, pinger, answered + 3))
-                    stop.set()
+                by_netns = dict(zip(clients, conns, strict=True))
+                pingers = await restart_while_pinging(mesh, fwd, by_netns)
                 assert [p.lost for p in pingers] == [0, 0, 0]
                 assert all(p.answered > 3 for p in pingers)
 
@@ -306,6 +293,28 @@ async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_remove
                 for netns, conn in zip(clients, conns, strict=True):
                     assert (await host.links(netns))["nsm-1"]["ifalias"] == client_alias(conn)
                     assert await ping(netns, destination(conn), timeout=2.0, netlink=mesh.netlink)
+
+
+async def restart_while_pinging(
+    mesh: Mesh, forwarder: str, clients: dict[str, ClientConnection]
+) -> list[Pinger]:
+    """Kill ``forwarder`` (a crash: its wires stay) and start it again while each client (by
+    its namespace) pings through its wire; returns once every client has healed by a re-request
+    on the same path and a few more echoes came back. The pingers, to count what was lost."""
+    pingers = [Pinger(mesh, netns, destination(conn)) for netns, conn in clients.items()]
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        for pinger in pingers:
+            nursery.start_soon(pinger.run, stop)
+        await mesh.kill(forwarder)
+        await mesh.restart(forwarder)
+        for conn in clients.values():
+            healed = await conn.wait_for(EventKind.HEALED)
+            assert "re-requested (data plane alive)" in healed.reason
+        for pinger in pingers:  # a few more echoes after the heals
+            await eventually(partial(more_than, pinger, pinger.answered + 3))
+        stop.set()
+    return pingers
 
 
 def more_than(pinger: Pinger, count: int) -> Awaitable[bool]:
@@ -526,6 +535,12 @@ def vxlan_args(net: Tunnel, maker: str, **change: Any) -> dict[str, Any]:
     return {**args, **change}
 
 
+def planned(args: dict[str, Any]) -> tuple[VxlanPlan, str, str]:
+    """``inspect_vxlan_end``'s arguments for the end ``create_vxlan_end(**args)`` makes."""
+    rest = {k: v for k, v in args.items() if k not in ("underlay_ns", "netns")}
+    return plan_vxlan_end(**rest), args["underlay_ns"], args["netns"]
+
+
 async def test_a_vxlan_end_is_found_by_its_owner_and_inspects_as_exactly_its_plan(
     host: Host, netlink: Netlink
 ) -> None:
@@ -533,7 +548,7 @@ async def test_a_vxlan_end_is_found_by_its_owner_and_inspects_as_exactly_its_pla
     owner = owner_name()
     with trio.fail_after(BOUND):
         end = await create_vxlan_end(**vxlan_args(net, owner), netlink=netlink)
-        seen = await inspect_vxlan_end(**vxlan_args(net, owner), netlink=netlink)
+        seen = await inspect_vxlan_end(*planned(vxlan_args(net, owner)), netlink=netlink)
         assert seen.difference == ""
         assert seen.wire == end  # the same interface, the same index, the underlay's MTU
         assert seen.wire.mtu == 1450
@@ -584,7 +599,7 @@ async def test_a_vxlan_end_that_differs_from_its_plan_says_how(
             change["underlay_ns"] = other
         elif change.get("ip_context") == "other addresses":
             change["ip_context"] = pair_context(61)
-        seen = await inspect_vxlan_end(**vxlan_args(net, owner, **change), netlink=netlink)
+        seen = await inspect_vxlan_end(*planned(vxlan_args(net, owner, **change)), netlink=netlink)
         assert seen.wire is None
         assert why in seen.difference
 
