@@ -43,6 +43,9 @@ __all__ = ["DemoReport", "Progress", "print_json", "run_demo", "summary_table"]
 SERVICE = "icmp-responder"
 STEP_TIMEOUT = 15.0
 """Seconds any one wait of the demo may take (each normally takes well under two)."""
+QUIET_HEAL = 5.0
+"""Seconds after the forwarder's restart within which the NSC's heal is expected (about one
+here); a path that heals without the NSC seeing it is judged by the pings alone."""
 
 
 @attrs.define
@@ -257,12 +260,17 @@ async def _forwarder_fault(
     await mesh.restart(forwarder)
     say(f"{forwarder} started again on the same socket (pid {_pid(mesh, forwarder)}); it scans "
         f"for its wires and adopts what re-requests claim")  # fmt: skip
-    healed = await _bounded(
-        log.wait_for(lambda e: e.kind == "healed", after=killed), "the NSC's re-request"
-    )
-    say.good(f"nsc-1: {healed.reason} ({_ms(healed.at - killed)} ms after the kill), "
-        f"{healed.endpoint} {_wire(healed)}")  # fmt: skip
-    await _bounded(_replies_since(pinger, healed.at, 10), "pings after the re-request")
+    restarted = trio.current_time()
+    healed = None
+    with trio.move_on_after(QUIET_HEAL):  # the path may also heal below the NSC, unseen
+        healed = await log.wait_for(lambda e: e.kind == "healed", after=killed)
+    if healed is not None:
+        say.good(f"nsc-1: {healed.reason} ({_ms(healed.at - killed)} ms after the kill), "
+            f"{healed.endpoint} {_wire(healed)}")  # fmt: skip
+    else:
+        say(f"nsc-1 saw no event within {QUIET_HEAL:g}s of the restart")
+    since = healed.at if healed is not None else restarted
+    await _bounded(_replies_since(pinger, since, 10), "pings after the forwarder's restart")
     after = await link_index(nsc.netns, "nsm-1")
     report.wire_kept = before is not None and before == after
     report.forwarder_gap_s = pinger.longest_gap(killed, trio.current_time())
