@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from trionsm.errors import TrionsmError
+
 from ._locks import KeyedLock
 from ._mechanisms import KERNEL
 
@@ -256,14 +258,21 @@ async def serve_reconcile(
     reconciler.found(found, trio.current_time())
     await trio.sleep_until(reconciler.deadline)
 
+    failures: list[TrionsmError] = []
+
     async def sweep(alias: str) -> None:
         async with reconciler.serving(alias):
             stale = reconciler.take_stale(alias)
             if stale:
-                await remove_interfaces(stale, hop=hop, netlink=netlink)
+                try:
+                    await remove_interfaces(stale, hop=hop, netlink=netlink)
+                except TrionsmError as exc:  # the others go on; the first is reported
+                    failures.append(exc)
 
     async with trio.open_nursery() as nursery:
         for alias in reconciler.due(trio.current_time()):
             nursery.start_soon(sweep, alias)
+    if failures:
+        raise failures[0]
     reconciler.finish()
     reconciler.finished = True

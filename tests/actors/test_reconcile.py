@@ -20,6 +20,7 @@ from trionsm.actors._reconcile import (
     ensure_wire,
     serve_reconcile,
 )
+from trionsm.errors import PermissionDenied
 from trionsm.kernel import Interface, KernelWire, WireAlias, WireEnd, alias_for, parse_alias
 from trionsm.kernel._netns import Namespace
 
@@ -237,3 +238,27 @@ async def test_a_request_that_comes_while_the_sweep_removes_its_leftover_waits_t
     assert events == ["removing #5", "removed", "ensure"]
     assert plane.adopts == [False]  # nothing left to adopt: it makes the wire anew
     assert reconciler.finished
+
+
+async def test_a_removal_the_kernel_refuses_fails_the_sweep_with_its_error_after_the_others(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused, removed = leftover(NS_A, 5, alias_for("nsc-1", "fwd")), []
+    others = [leftover(NS_A, 6, alias_for("nsc-2", "fwd")), leftover(NS_B, 7, "trionsm:fwd:x")]
+
+    async def scan(owner: str, **_: Any) -> list[Interface]:
+        return [refused, *others]
+
+    async def remove(interfaces: list[Interface], **_: Any) -> int:
+        if refused in interfaces:
+            raise PermissionDenied("deleting interface #5: refused", hop="fwd")
+        removed.extend(interfaces)
+        return len(interfaces)
+
+    monkeypatch.setattr(trionsm.kernel, "scan_namespaces", scan)
+    monkeypatch.setattr(trionsm.kernel, "remove_interfaces", remove)
+    reconciler = Reconciler("fwd", grace=1.0)
+    with pytest.raises(PermissionDenied, match="refused"):  # the error itself, not a group
+        await serve_reconcile(reconciler, hop="fwd")
+    assert sorted(i.index for i in removed) == [6, 7]
+    assert not reconciler.finished  # its supervisor runs it again: a new scan
