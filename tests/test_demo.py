@@ -49,7 +49,8 @@ async def test_demo_connects_pings_heals_and_leaves_nothing() -> None:
         assert result[field] >= 0, (field, context)
     # every gap is one of the run's gaps, the heal one is within the fault's gap
     assert result["gap_ms"] >= result["forwarder_gap_ms"], context
-    assert isinstance(result["wire_kept"], bool), context
+    # the restarted forwarder adopted the NSC's vxlan end as it was: the same interface
+    assert result["wire_kept"] is True, context
     assert done.returncode == 0, context
     # readable progress came first: each phase is on screen
     for phase in ("connected to nse-", "fault 1: SIGKILL of forwarder-node-1", "fault 2: death of",
