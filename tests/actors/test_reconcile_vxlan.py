@@ -2,8 +2,8 @@
 
 A two-node ``kernel=True`` mesh in this process (NSCs on node 0, the NSE on node 1), its
 forwarders named ``fwd-<random>`` (the reconcile scan looks at every namespace of the host and
-must only meet this test's interfaces). One forwarder is killed (a crash: its wires stay) and
-started again while every client pings through its wire: the re-requests find each leftover
+must only meet this test's interfaces). One forwarder, or both, is killed (a crash: the wires
+stay) and started again while every client pings through its wire: the re-requests find each leftover
 vxlan end exactly as planned and adopt it (same ifindex, same VNI on both nodes, no echo lost),
 the endpoint's forwarder re-learns the VNIs it had handed out, and when the grace ends the sweep
 removes a stray vxlan end no client claims, and nothing live. Real clock; every wait is bounded
@@ -52,14 +52,19 @@ def vnis_of(mesh: Mesh, forwarder: str) -> set[int]:
     return mesh[forwarder].forwarder.vnis.taken(NODE0)  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("node", [0, 1], ids=["on the client's node", "on the endpoint's node"])
+@pytest.mark.parametrize(
+    "nodes",
+    [[0], [1], [0, 1]],
+    ids=["on the client's node", "on the endpoint's node", "on both nodes"],
+)
 async def test_a_forwarder_restarted_on_either_node_adopts_its_vxlan_ends_without_a_flap(
-    host: Host, node: int
+    host: Host, nodes: list[int]
 ) -> None:
     nse_ns, stray_ns = await host.netns(), await host.netns()
     clients = [await host.netns() for _ in range(2)]
     forwarders = [owner_name(), owner_name()]
-    restarted = forwarders[node]
+    restarted = [forwarders[node] for node in nodes]
+    node = nodes[0]  # the stray end is this node's forwarder's
     async with open_mesh(nodes=2, kernel=True, forwarders=0) as mesh:
         assert mesh.underlay is not None
         for i, name in enumerate(forwarders):
@@ -84,18 +89,19 @@ async def test_a_forwarder_restarted_on_either_node_adopts_its_vxlan_ends_withou
                 await create_vxlan_end(
                     "nsc-gone", mesh.underlay.url(node), stray_ns, "nsm-1",
                     side="client" if node == 0 else "endpoint", local_ip=here,
-                    remote_ip=there, vni=STRAY_VNI, owner=restarted, netlink=mesh.netlink,
+                    remote_ip=there, vni=STRAY_VNI, owner=restarted[0], netlink=mesh.netlink,
                 )  # fmt: skip
                 before = {netns: await host.links(netns) for netns in [*clients, nse_ns]}
                 assert len(before[nse_ns]) == 1 + 2
 
                 clients_of = dict(zip(clients, conns, strict=True))
-                pingers = await restart_while_pinging(mesh, restarted, clients_of)
+                pingers = await restart_while_pinging(mesh, clients_of, *restarted)
                 assert [p.lost for p in pingers] == [0, 0]
                 assert all(p.answered > 3 for p in pingers)
                 assert vnis_of(mesh, forwarders[1]) == set(vnis)  # kept, or re-learned
 
-                await reconciled(mesh, restarted)
+                for name in restarted:
+                    await reconciled(mesh, name)
                 for netns in [*clients, nse_ns]:  # the very same interfaces on both nodes
                     assert ifindexes(await host.links(netns)) == ifindexes(before[netns])
                 assert [await vxlan_id(host, netns, "nsm-1") for netns in clients] == vnis

@@ -278,7 +278,7 @@ async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_remove
                 assert len(before[nse_ns]) == 1 + 3 + 1
 
                 by_netns = dict(zip(clients, conns, strict=True))
-                pingers = await restart_while_pinging(mesh, fwd, by_netns)
+                pingers = await restart_while_pinging(mesh, by_netns, fwd)
                 assert [p.lost for p in pingers] == [0, 0, 0]
                 assert all(p.answered > 3 for p in pingers)
 
@@ -296,18 +296,21 @@ async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_remove
 
 
 async def restart_while_pinging(
-    mesh: Mesh, forwarder: str, clients: dict[str, ClientConnection]
+    mesh: Mesh, clients: dict[str, ClientConnection], *forwarders: str
 ) -> list[Pinger]:
-    """Kill ``forwarder`` (a crash: its wires stay) and start it again while each client (by
-    its namespace) pings through its wire; returns once every client has healed by a re-request
-    on the same path and a few more echoes came back. The pingers, to count what was lost."""
+    """Kill ``forwarders`` (a crash: their wires stay) and start them again while each client
+    (by its namespace) pings through its wire; returns once every client has healed by a
+    re-request on the same path and a few more echoes came back. The pingers, to count what was
+    lost."""
     pingers = [Pinger(mesh, netns, destination(conn)) for netns, conn in clients.items()]
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         for pinger in pingers:
             nursery.start_soon(pinger.run, stop)
-        await mesh.kill(forwarder)
-        await mesh.restart(forwarder)
+        for forwarder in forwarders:
+            await mesh.kill(forwarder)
+        for forwarder in forwarders:
+            await mesh.restart(forwarder)
         for conn in clients.values():
             healed = await conn.wait_for(EventKind.HEALED)
             assert "re-requested (data plane alive)" in healed.reason
