@@ -22,7 +22,9 @@ connection, which cancels the Trio handler. Both directions wait for the other s
 Liveness: while streams are open, both ends PING every second and close a connection whose PING
 is not acked within a second, so a dead or partitioned peer breaks its streams (UNAVAILABLE)
 within about two seconds; an end whose own event loop is behind (the peer's bytes unread, its
-decision late) waits instead of taking a live peer for dead (``_grpc_keepalive``). A client
+decision late), or whose peer's host took the PING (a process paused in a long garbage
+collection), waits instead of taking a live peer for dead, at most about ten seconds
+(``_grpc_keepalive``). A client
 PINGs only servers that say they welcome it (a SETTINGS parameter of ours): grpcio and grpc-go
 servers close connections PINGed that often. Our servers
 advertise a concurrent-stream limit of 2**31 - 1 (h2's default of 100 would make a grpclib

@@ -295,7 +295,9 @@ class _Protocol(H2Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._live is not None:
             self._live.discard(self)
-        super().connection_lost(exc)
+        # grpclib's H2Protocol.connection_lost, with the keepalive's reason when it closed
+        reason = getattr(self.connection, "close_reason", None)
+        self.processor.close(reason=reason or "Connection lost")
 
     def abort(self, reason: str) -> None:
         """Close now, without flushing: the streams on it fail, their handlers are cancelled."""

@@ -22,12 +22,24 @@ over (a read woken while the first pass waited gets its turn before the second),
   a quarter of the timeout: the timer fired late, the decision waited behind the backlog, or
   the thread waited that long for a CPU during the window (``/proc/thread-self/schedstat``:
   other processes starve ours, and with it possibly the peer's end in this same process): we
-  cannot tell, so wait again, but at most :data:`MAX_STARVED_WINDOWS` windows in a row without
-  hearing anything;
-* else the peer is dead or partitioned: close.
+  cannot tell, so wait again;
+* the peer's end took our PING (:func:`peer_end_took`): over TCP its host acknowledged our
+  bytes, or a unix socket (which cannot be partitioned; a dead peer's end closes it at once):
+  the peer process is there but slow to answer (a garbage-collection pass over millions of
+  objects, a loaded CPU): wait again;
+* else the PING never reached the peer's host: dead or partitioned; close.
 
-On an idle CPU the decision runs at once, so a dead peer is still noticed within about
-``KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT``. :func:`verdict` is that rule as a pure function.
+Every wait is bounded: after :data:`MAX_SILENT_WINDOWS` windows in a row without hearing
+anything, the connection closes whatever the reason (a frozen peer, a starved process), and the
+calls on it fail with Unavailable naming how long the peer stayed silent.
+
+The peer's side matters as much as ours: a node holding 10,000 connections pauses for seconds
+in a full garbage collection, during which it answers nothing; taken for dead, it would lose
+every connection of every client at once.
+
+On an idle CPU the decision runs at once, so a dead or partitioned peer is still noticed within
+about ``KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT``. :func:`verdict` is that rule as a pure
+function.
 
 A client also PINGs only a server that welcomes it (see :data:`PINGS_WELCOME`), marks its channel
 disconnected the moment the connection closes (so the next call dials a new connection rather
@@ -40,6 +52,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import fcntl
+import socket
+import struct
 import sys
 import termios
 import time
@@ -53,16 +67,18 @@ from h2.connection import H2Connection
 from ._grpc_wire import HANDSHAKE_TIMEOUT, KEEPALIVE_TIMEOUT, PINGS_WELCOME
 
 __all__ = [
-    "MAX_STARVED_WINDOWS",
+    "MAX_SILENT_WINDOWS",
     "KeepaliveConnection",
     "Verdict",
     "cpu_wait",
+    "peer_end_took",
     "unread_bytes",
     "verdict",
 ]
 
-MAX_STARVED_WINDOWS: Final = 10
-"""Keepalive windows in a row a starved process waits, hearing nothing, before it closes."""
+MAX_SILENT_WINDOWS: Final = 10
+"""Keepalive windows in a row a connection waits, hearing nothing, before it closes: because our
+own loop was behind, or because the peer's end took our PING but the peer did not answer."""
 
 _LAG: Final = KEEPALIVE_TIMEOUT / 4  # how far behind our loop may be and still judge the peer
 
@@ -74,19 +90,24 @@ class Verdict(enum.Enum):
     CLOSE = "close"  # the peer is dead or partitioned
 
 
-def verdict(*, heard: bool, unread: bool, lag: float, starved: int) -> Verdict:
+def verdict(*, heard: bool, unread: bool, lag: float, took: bool, silent: int) -> Verdict:
     """The keepalive rule (pure).
 
     Args:
         heard: bytes from the peer were processed since the window started.
         unread: bytes from the peer wait in the socket, not read yet by our loop.
         lag: seconds our loop was behind: the timer's lateness plus the wait behind the backlog.
-        starved: windows in a row already extended, hearing nothing, because we were behind.
+        took: the peer's end took our bytes (:func:`peer_end_took`).
+        silent: windows in a row already extended without hearing anything.
     """
     if heard:
         return Verdict.WAIT
-    if (unread or lag > _LAG) and starved < MAX_STARVED_WINDOWS:
+    if silent >= MAX_SILENT_WINDOWS:
+        return Verdict.CLOSE  # frozen, or we are starved for good: either way, give up
+    if unread or lag > _LAG:
         return Verdict.WAIT  # we are behind, not (necessarily) the peer
+    if took:
+        return Verdict.WAIT  # the peer's host has our PING: its process is slow, not gone
     return Verdict.CLOSE
 
 
@@ -116,6 +137,35 @@ def unread_bytes(transport: Any) -> int:
     return int.from_bytes(raw, sys.byteorder, signed=True)
 
 
+_TCP_INFO_LAST_ACK_RECV: Final = 56  # byte offset of tcpi_last_ack_recv (ms) in struct tcp_info
+
+
+def peer_end_took(transport: Any, window: float) -> bool:
+    """Whether the peer's end of ``transport``'s socket took what we sent within ``window`` s.
+
+    Over TCP: nothing we sent waits for the peer host's acknowledgement (``SIOCOUTQ``), or its
+    host acknowledged something within the window (a peer whose receive buffer is full still
+    answers window probes). A unix socket has no network between the ends: its peer's end is
+    there as long as the socket is open (a dead peer's end closes it). False when unknown.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    if sock.family == socket.AF_UNIX:
+        return True
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        if int.from_bytes(raw, sys.byteorder, signed=True) == 0:
+            return True
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return False
+    (since_ack_ms,) = struct.unpack_from("I", info, _TCP_INFO_LAST_ACK_RECV)
+    return bool(since_ack_ms < window * 1000)
+
+
 def after_backlog(
     loop: Any, callback: Callable[[float], None], passes: int = 2
 ) -> list[asyncio.Handle]:
@@ -141,9 +191,11 @@ class KeepaliveConnection(Connection):
 
     Attributes:
         last_received: ``time.monotonic()`` when bytes last arrived (set by the protocol).
+        close_reason: why the keepalive closed the connection (None: it did not).
     """
 
     last_received = 0.0
+    close_reason: str | None = None
 
     def __init__(
         self,
@@ -160,7 +212,7 @@ class KeepaliveConnection(Connection):
         self._on_close = on_close
         self._since = 0.0  # monotonic start of the current keepalive window
         self._due = 0.0  # loop time the current window ends
-        self._starved = 0
+        self._silent = 0  # windows in a row extended without hearing anything
         self._cpu_wait = 0.0  # cpu_wait() when the window opened
         self._pending: list[Any] | None = None  # [handle] of the timer or the decision under way
 
@@ -197,7 +249,7 @@ class KeepaliveConnection(Connection):
         handler = self._close_by_ping_handler
         if handler is not None and self._pending is None:
             handler.cancel()
-            self._starved = 0
+            self._silent = 0
             self._open_window(self.last_ping_sent or time.monotonic())
 
     def ping_ack_process(self) -> None:
@@ -238,10 +290,16 @@ class KeepaliveConnection(Connection):
         heard = self.last_received > self._since
         unread = unread_bytes(self._transport) > 0
         lag += cpu_wait() - self._cpu_wait  # starved of CPU during the window
-        if verdict(heard=heard, unread=unread, lag=lag, starved=self._starved) is Verdict.CLOSE:
+        took = peer_end_took(self._transport, time.monotonic() - self._since)
+        outcome = verdict(heard=heard, unread=unread, lag=lag, took=took, silent=self._silent)
+        if outcome is Verdict.CLOSE:
+            silence = time.monotonic() - (self.last_received or self._since)
+            self.close_reason = f"the peer answered no keepalive PING for {silence:.1f} s" + (
+                "" if took else " and its host acknowledged nothing (dead or partitioned)"
+            )
             self.close()
             return
-        self._starved = 0 if heard else self._starved + 1
+        self._silent = 0 if heard else self._silent + 1
         self._open_window(time.monotonic())
 
     def _check_handshake(self, waited: float) -> None:

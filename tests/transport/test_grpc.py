@@ -9,7 +9,6 @@ a broken or hostile client would send.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -39,11 +38,9 @@ from trionsm.transport import (
     MONITOR_CONNECTION,
     NETWORK_SERVICE,
     CallContext,
-    _grpc_keepalive,
     open_client,
     serve,
 )
-from trionsm.transport._grpc_keepalive import MAX_STARVED_WINDOWS, Verdict, verdict
 
 HANG = 10  # seconds: a hang catcher, not a speed test
 REQUEST = "/networkservice.NetworkService/Request"
@@ -371,63 +368,6 @@ async def test_stopping_the_server_cancels_calls_in_flight(nursery: trio.Nursery
     assert service.cancelled.is_set()
 
 
-# ------------------------------------------------------------------------------- keepalive
-
-
-class Partition:
-    """A TCP proxy that can silently drop everything while keeping both connections open."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.dropping = False
-
-    async def serve(self, task_status: trio.TaskStatus[int]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._relay, listeners)
-
-    async def _relay(self, downstream: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target)
-        async with downstream, upstream, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, downstream, upstream)
-            nursery.start_soon(self._pump, upstream, downstream)
-
-    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream) -> None:
-        try:
-            while data := await source.receive_some(65536):
-                if not self.dropping:
-                    await sink.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-
-async def test_a_partition_breaks_streams_on_both_ends_within_seconds(
-    nursery: trio.Nursery,
-) -> None:
-    service = Service()
-    server = await start(nursery, service)
-    partition = Partition(server.address.port)
-    port = await nursery.start(partition.serve)
-    async with open_client(f"tcp://127.0.0.1:{port}") as client:
-        selector = MonitorScopeSelector(network_services=["icmp"])
-        async with client.monitor_connection.monitor_connections(selector) as events:
-            with trio.fail_after(HANG):
-                await events.__anext__()
-            partition.dropping = True
-            began = trio.current_time()
-            with trio.fail_after(HANG), pytest.raises(Unavailable, match=f"127.0.0.1:{port}"):
-                await events.__anext__()
-            client_noticed = trio.current_time() - began
-        with trio.fail_after(HANG):
-            await service.stream_closed.wait()  # the server's keepalive ended its side too
-        server_noticed = trio.current_time() - began
-        partition.dropping = False  # healed: the next call reconnects
-        with trio.fail_after(HANG):
-            assert (await client.network_service.request(request())).labels["served"] == "yes"
-    assert client_noticed < 5.0
-    assert server_noticed < 5.0
-
-
 # ------------------------------------------------------------------------------ misc wire
 
 
@@ -593,58 +533,6 @@ async def test_a_huge_reply_is_refused_before_it_is_read(nursery: trio.Nursery) 
                 await greedy.reset.wait()
                 greedy.reset = trio.Event()
     assert greedy.sent < 12 << 20  # what flow control let through before the resets
-
-
-@pytest.mark.parametrize(
-    ("heard", "unread", "lag", "starved", "expected"),
-    [
-        (True, False, 0.0, 0, Verdict.WAIT),  # the peer talked: alive
-        (True, False, 0.0, MAX_STARVED_WINDOWS, Verdict.WAIT),
-        (False, False, 0.0, 0, Verdict.CLOSE),  # silence, and we kept up: dead or partitioned
-        (False, False, 0.2, 0, Verdict.CLOSE),
-        (False, True, 0.0, 0, Verdict.WAIT),  # its bytes wait unread: we are behind
-        (False, False, 0.3, 0, Verdict.WAIT),  # our loop is behind: cannot tell
-        (False, True, 0.0, MAX_STARVED_WINDOWS, Verdict.CLOSE),  # but not forever
-        (False, False, 5.0, MAX_STARVED_WINDOWS, Verdict.CLOSE),
-    ],
-)
-def test_the_keepalive_rule(
-    heard: bool, unread: bool, lag: float, starved: int, expected: Verdict
-) -> None:
-    assert verdict(heard=heard, unread=unread, lag=lag, starved=starved) is expected
-
-
-async def test_a_process_starved_of_cpu_waits_longer_for_a_silent_peer_but_not_forever(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Other processes starving ours (as ``yes`` loaders did) can stall the peer's end too: a
-    window in which this thread waited for a CPU is extended instead of ending in a close, up to
-    ``MAX_STARVED_WINDOWS`` in a row. The starvation is simulated: the thread's runqueue wait
-    grows by half a second per reading."""
-    waited = iter(itertools.count(step=0.5))
-    monkeypatch.setattr(_grpc_keepalive, "cpu_wait", lambda: next(waited))
-    monkeypatch.setattr(_grpc_keepalive, "MAX_STARVED_WINDOWS", 2)
-    seen: list[tuple[bool, int, Verdict]] = []
-
-    def spy(**facts: Any) -> Verdict:
-        seen.append((facts["heard"], facts["starved"], verdict(**facts)))
-        return seen[-1][2]
-
-    monkeypatch.setattr(_grpc_keepalive, "verdict", spy)
-    service = Service()
-    server = await start(nursery, service)
-    partition = Partition(server.address.port)
-    port = await nursery.start(partition.serve)
-    async with open_client(f"tcp://127.0.0.1:{port}") as client:
-        selector = MonitorScopeSelector(network_services=["icmp"])
-        async with client.monitor_connection.monitor_connections(selector) as events:
-            with trio.fail_after(HANG):
-                await events.__anext__()
-            partition.dropping = True
-            with trio.fail_after(HANG), pytest.raises(Unavailable):
-                await events.__anext__()
-    silent = {(starved, outcome) for heard, starved, outcome in seen if not heard}  # both ends
-    assert silent == {(0, Verdict.WAIT), (1, Verdict.WAIT), (2, Verdict.CLOSE)}
 
 
 class _PingsSent:
