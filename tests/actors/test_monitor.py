@@ -171,3 +171,44 @@ async def test_a_stream_per_connection_sees_its_own_connection_only() -> None:
         hub.update(connection("m-9", ("nsc", "c-9"), ("nsmgr", "m-9")))
         assert list((await other.__anext__()).connections) == ["m-9"]
     assert hub.subscriber_count == 0
+
+
+async def test_a_keyed_initial_state_looks_at_its_own_segment_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An nsmgr with 10,000 connections scanned all of them for each new NSC's stream."""
+    hub = MonitorHub("nsmgr")
+    for index in range(1000):
+        hub.update(connection(f"m-{index}", ("nsc", f"c-{index}"), ("nsmgr", f"m-{index}")))
+    # a reselect moved m-5 to another path: its old segment ids no longer lead to it
+    hub.update(connection("m-5", ("nsc", "c-5"), ("nsmgr", "m-5"), ("forwarder", "f-5")))
+    hub.update(connection("m-5", ("nsc", "c-new"), ("nsmgr", "m-5")))
+    # two connections sharing a segment id are both found, and one leaving keeps the other
+    hub.update(connection("m-1000", ("nsc", "c-7"), ("nsmgr", "m-1000")))
+    checked = []
+
+    def counting(selector: MonitorScopeSelector | None, conn: Connection) -> bool:
+        checked.append(conn.id)
+        return selector_matches(selector, conn)
+
+    monkeypatch.setattr("trionsm.actors._monitor.selector_matches", counting)
+
+    async def initial(segment_id: str, name: str = "") -> list[str]:
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=segment_id, name=name)])
+        async with aclosing(hub.stream(selector)) as stream:
+            return sorted((await stream.__anext__()).connections)
+
+    assert await initial("c-3", "nsc") == ["m-3"]
+    assert await initial("m-4") == ["m-4"]  # a hop's own id, further down the path
+    assert await initial("c-3", "nsmgr") == []  # the id is there, the name is not
+    assert await initial("f-5") == []
+    assert await initial("c-5") == []
+    assert await initial("c-new") == ["m-5"]
+    assert await initial("c-7") == ["m-1000", "m-7"]
+    hub.delete("m-7")
+    assert await initial("c-7") == ["m-1000"]
+    hub.delete("m-1000")
+    assert await initial("c-7") == []
+    assert len(checked) <= 10  # not 10 x 1,000
+    async with aclosing(hub.stream(None)) as every:
+        assert len((await every.__anext__()).connections) == 999
