@@ -149,6 +149,7 @@ class ServerConnection(Actor):
         self._watch: PeerWatch | None = None
         self._events: collections.deque[tuple[PeerWatch, PeerEvent]] | None = None
         self._nudged = False
+        self._counted = hop.counts.resume(connection_id)  # HopCounts flags
 
     async def on_deadline(self) -> None:
         """The connection expired: close it downstream, as if the previous hop had (NSM's
@@ -184,12 +185,12 @@ class ServerConnection(Actor):
             # NSM's begin: close the old connection and go on as with a new one (until the
             # new reply replaces it, the subscribers keep seeing the old one). The watch on
             # the next hop stays, in case the reselect lands there again.
-            self.hop.counts.close(self.id)
+            self._count_close()
             await self._close_downstream(keep_watch=True)
             self.hop.release(self)
             self.hop.forget(self)
             self.connection = None
-        self.hop.counts.request(self.id)
+        self._counted = self.hop.counts.request(self._counted)
         try:
             if self.hop.before_request is not None:
                 await self.hop.before_request(request)
@@ -274,6 +275,9 @@ class ServerConnection(Actor):
                 self.connection = dataclasses.replace(self.connection, state=verdict)
                 self.hop.hub.update(self.connection)
 
+    def _count_close(self) -> None:
+        self._counted = self.hop.counts.close(self._counted)
+
     async def _close_downstream(self, *, keep_watch: bool = False) -> None:
         # Best effort: the next hop expires the connection anyway.
         with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(TrionsmError):
@@ -283,7 +287,7 @@ class ServerConnection(Actor):
 
     async def _close(self) -> None:
         if self.connection is not None:
-            self.hop.counts.close(self.id)
+            self._count_close()
             await self._close_downstream()
         self.hop.release(self)
         self.hop.hub.delete(self.id)
@@ -292,6 +296,7 @@ class ServerConnection(Actor):
 
     async def terminate(self, reason: BaseException | None) -> None:
         self.follow(None)
+        self.hop.counts.ended(self.id, self._counted)
         self.hop.forget_actor(self.id, self.ref)
         if self.connection is not None or self.hop.hub.get(self.id) is not None:
             self.hop.release(self)  # stopped by its supervisor, not closed

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import trio
 
+from trionsm.actors import _count
+from trionsm.actors._count import HopCounts
 from trionsm.actors.client import EventKind
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import Destination, Match, NetworkService
@@ -191,3 +193,36 @@ async def test_an_endpoint_that_registers_late_is_found_by_the_retried_first_req
         nursery.start_soon(late)
         async with mesh.connect("noop://icmp/nsm-1", request_timeout=15.0) as conn:
             assert names(conn)[-1] == "nse-1"
+
+
+async def test_hop_counts_keep_integers_not_every_connection_id_ever_seen(
+    autojump_clock: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counters' memory follows the live connections: 30 connections made and closed one
+    after another leave integers and the flags of the last few ended ones (the hops used to keep
+    every connection id they ever saw in sets)."""
+    monkeypatch.setattr(_count, "REMEMBERED_ENDED", 4)
+    async with open_mesh() as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.10.0/24")
+        for index in range(30):
+            async with mesh.connect("noop://icmp/nsm-1", name=f"nsc-{index}"):
+                pass
+        for name in ("nsmgr-0", "forwarder-0-0", "nse-1"):
+            counts = mesh.hop(name).counts  # type: ignore[union-attr]
+            assert (counts.unique_requests, counts.unique_closes) == (30, 30)
+            assert counts.requests >= 30
+            assert counts.closes == 30
+            assert counts.remembered == 4
+        assert live_connections(mesh) == {"nsmgr-0": 0, "forwarder-0-0": 0, "nse-1": 0}
+
+
+def test_an_id_back_soon_after_its_actor_ended_is_not_counted_again() -> None:
+    counts = HopCounts()
+    flags = counts.close(counts.request(counts.resume("a")))
+    counts.ended("a", flags)
+    again = counts.resume("a")  # a new actor for the same id
+    counts.close(counts.request(again))
+    assert (counts.requests, counts.closes) == (2, 2)
+    assert (counts.unique_requests, counts.unique_closes) == (1, 1)
+    assert counts.remembered == 0
