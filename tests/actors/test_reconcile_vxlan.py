@@ -3,11 +3,11 @@
 A two-node ``kernel=True`` mesh in this process (NSCs on node 0, the NSE on node 1), its
 forwarders named ``fwd-<random>`` (the reconcile scan looks at every namespace of the host and
 must only meet this test's interfaces). One forwarder, or both, is killed (a crash: the wires
-stay) and started again while every client pings through its wire: the re-requests find each leftover
-vxlan end exactly as planned and adopt it (same ifindex, same VNI on both nodes, no echo lost),
-the endpoint's forwarder re-learns the VNIs it had handed out, and when the grace ends the sweep
-removes a stray vxlan end no client claims, and nothing live. Real clock; every wait is bounded
-by a generous hang guard, nothing is timed.
+stay) and started again while every client pings through its wire: the re-requests find each
+leftover vxlan end exactly as planned and adopt it (same ifindex, same VNI on both nodes, no
+echo lost), the endpoint's forwarder re-learns the VNIs it had handed out, and when the grace
+ends the sweep removes a stray vxlan end no client claims, and nothing live. Real clock; every
+wait is bounded by a generous hang guard, nothing is timed.
 """
 
 from __future__ import annotations
