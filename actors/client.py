@@ -14,8 +14,10 @@ given, the data-plane watcher:
 * **refresh**: re-requests at NSM's schedule (20 % of the shortest remaining token lifetime on a
   4-hop path); a failed refresh is retried every 200 ms until the connection's own tokens run out,
   then the connection heals (monitoring goes on meanwhile, so a broken path heals at once);
-* **monitor**: one MonitorConnections stream to the nsmgr scoped to this connection's segment; a
-  ``DOWN`` or ``DELETE`` for the connection, or a broken stream, means the control plane broke;
+* **monitor**: a MonitorConnections stream to the nsmgr (``_nscmonitor``: scoped to this
+  connection's segment, or one stream shared by every connection on a shared ``client=``); a
+  broken stream, or a ``DOWN`` or ``DELETE`` for the connection that the nsmgr confirms, means
+  the control plane broke;
 * **liveness** (optional): ``await liveness(connection)`` every ``liveness_interval``, each check
   bounded by ``liveness_timeout`` (a timeout counts as dead); False means the data plane broke.
   A ``kernel://`` connection with ``netns`` gets :func:`kernel_liveness` (ICMP from the client's
@@ -48,7 +50,7 @@ import enum
 import itertools
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -57,9 +59,6 @@ import trio
 
 from trionsm.api.connection import (
     Connection,
-    ConnectionEventType,
-    MonitorScopeSelector,
-    PathSegment,
     State,
 )
 from trionsm.api.networkservice import NetworkServiceRequest
@@ -79,6 +78,7 @@ from trionsm.transport import Client, open_client
 
 from ._liveness import choose_liveness, kernel_liveness
 from ._mechanisms import KERNEL, kernel_mechanism
+from ._nscmonitor import ConnectionMonitor, MonitorBroken, own_monitor, shared_monitor
 from ._nsurl import parse_nsurl
 from ._path import refresh_after, restore_hop, update_path, update_token
 
@@ -165,16 +165,6 @@ class _PathBroken(Exception):
         self.data_plane = data_plane  # the liveness check failed (else: the control plane)
 
 
-def _segment_owner(connections: Iterable[Connection], me: str) -> Connection | None:
-    """The connection whose first path segment is this client's (monitor events are keyed by
-    the nsmgr's ids)."""
-    for connection in connections:
-        segments = connection.path.path_segments if connection.path is not None else []
-        if segments and segments[0].id == me:
-            return connection
-    return None
-
-
 class ClientConnection:
     """A connection held by this client (what ``open_connection`` yields).
 
@@ -192,6 +182,7 @@ class ClientConnection:
         request: NetworkServiceRequest,
         *,
         name: str,
+        monitor: ConnectionMonitor | None = None,
         tokens: TokenProvider,
         clock: Clock,
         request_timeout: float,
@@ -203,6 +194,8 @@ class ClientConnection:
         self._client = client
         self._request = request
         self._name = name
+        assert request.connection is not None
+        self._monitor = monitor or own_monitor(client, name, request.connection.id)
         self._tokens = tokens
         self._clock = clock
         self._timeout = request_timeout
@@ -343,23 +336,10 @@ class ClientConnection:
 
     async def _monitor_loop(self) -> None:
         assert self.connection is not None
-        me = self.connection.id
-        selector = MonitorScopeSelector(path_segments=[PathSegment(id=me, name=self._name)])
         try:
-            async with self._client.monitor_connection.monitor_connections(selector) as stream:
-                async for event in stream:
-                    mine = _segment_owner(event.connections.values(), me)
-                    if event.type is ConnectionEventType.INITIAL_STATE_TRANSFER and mine is None:
-                        raise _PathBroken("the nsmgr no longer has this connection")
-                    if mine is None:
-                        continue
-                    if event.type is ConnectionEventType.DELETE:
-                        raise _PathBroken("the nsmgr closed this connection")
-                    if mine.state is State.DOWN:
-                        raise _PathBroken("the path reported DOWN")
-        except TrionsmError as exc:
-            raise _PathBroken(f"the monitor stream to the nsmgr broke: {exc}") from exc
-        raise _PathBroken("the nsmgr ended the monitor stream")
+            await self._monitor.watch(self.connection.id)
+        except MonitorBroken as exc:
+            raise _PathBroken(exc.reason) from None
 
     async def _liveness_loop(self) -> None:
         while True:
@@ -497,8 +477,9 @@ async def open_connection(
         netlink: the kernel executor for the default liveness check (default: the run's).
         close_on_exit: Close the connection when the block exits; False leaves it to expire
             at every hop (a client that vanished).
-        client: an open client to the nsmgr to share (many connections, one channel);
-            default: a client of this connection's own.
+        client: an open client to the nsmgr to share (many connections, one channel, and one
+            monitor stream for all the connections of one ``name`` on it); default: a client
+            of this connection's own.
         client_options: for ``open_client`` (``roundtrip_bytes``, ``ssl_context``...).
 
     Raises:
@@ -532,10 +513,14 @@ async def open_connection(
     async with AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(open_client(nsmgr_url, **client_options))
+            monitor = own_monitor(client, client_name, first.id)
+        else:
+            monitor = shared_monitor(client, client_name)
         held = ClientConnection(
             client,
             request,
             name=client_name,
+            monitor=monitor,
             tokens=tokens,
             clock=clock,
             request_timeout=request_timeout,

@@ -6,12 +6,16 @@ timers run under ``autojump_clock``, every message is serialised (``roundtrip_by
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import pytest
 import trio
 
 from trionsm.actors import _count
 from trionsm.actors._count import HopCounts
-from trionsm.actors.client import EventKind
+from trionsm.actors.client import EventKind, open_connection
+from trionsm.api.connection import Connection, State
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import Destination, Match, NetworkService
 from trionsm.errors import (
@@ -25,6 +29,7 @@ from trionsm.errors import (
     Unavailable,
 )
 from trionsm.scenario import Mesh, open_mesh
+from trionsm.transport import open_client
 
 
 def names(mesh_connection: object) -> list[str]:
@@ -226,3 +231,53 @@ def test_an_id_back_soon_after_its_actor_ended_is_not_counted_again() -> None:
     assert (counts.requests, counts.closes) == (2, 2)
     assert (counts.unique_requests, counts.unique_closes) == (1, 1)
     assert counts.remembered == 0
+
+
+async def test_connections_sharing_a_client_share_one_monitor_stream(
+    autojump_clock: object,
+) -> None:
+    """One stream at the nsmgr for every connection on a shared client, filtered by the client:
+    a connection the nsmgr reports DOWN heals alone; a stale DELETE (the nsmgr has the
+    connection UP again) heals nothing; a connection leaving hands the stream to the others."""
+    async with open_mesh() as mesh:
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.10.0/24")
+        nsmgr = mesh.hop("nsmgr-0")
+        assert nsmgr is not None
+        base = nsmgr.hub.subscriber_count
+        async with (
+            open_client(mesh.nsmgr_url(0), roundtrip_bytes=True) as client,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            conns = [
+                await stack.enter_async_context(
+                    open_connection("noop://icmp/nsm-1", client=client, name="nsc")
+                )
+                for _ in range(5)
+            ]
+            with trio.fail_after(60):
+                while nsmgr.hub.subscriber_count < base + 1:  # noqa: ASYNC110
+                    await trio.sleep(0.01)  # the stream opens in a watch task
+            assert nsmgr.hub.subscriber_count == base + 1
+
+            def at_nsmgr(index: int) -> Connection:
+                connection = conns[index].connection
+                assert connection is not None
+                assert connection.path is not None
+                found = nsmgr.hub.get(connection.path.path_segments[1].id)
+                assert found is not None
+                return found
+
+            stale = at_nsmgr(1)
+            nsmgr.hub.delete(stale.id)
+            nsmgr.hub.update(stale)  # UP again at once: the DELETE is stale
+            for index in (0, 2):  # 0 runs the stream: its heal hands the stream over
+                nsmgr.hub.update(dataclasses.replace(at_nsmgr(index), state=State.DOWN))
+                with trio.fail_after(60):
+                    healed = await conns[index].wait_for(EventKind.HEALED)
+                assert "the path reported DOWN" in healed.reason
+            await trio.sleep(5)  # virtual time: room for a wrong heal to happen
+            assert [c.heals for c in conns] == [1, 0, 1, 0, 0]
+            assert nsmgr.hub.subscriber_count == base + 1
+        assert nsmgr.hub.subscriber_count == base
+        assert live_connections(mesh) == {"nsmgr-0": 0, "forwarder-0-0": 0, "nse-1": 0}
