@@ -32,7 +32,14 @@ import trio
 
 from trionsm.errors import InvalidArgument, NotFound, PermissionDenied, TrionsmError
 
-__all__ = ["Namespace", "enter_namespace_in_this_thread", "inode_url", "resolve_namespace"]
+__all__ = [
+    "Namespace",
+    "check_named",
+    "enter_namespace_in_this_thread",
+    "inode_url",
+    "is_named",
+    "resolve_namespace",
+]
 
 CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # ioctl(2) on an nsfs file: the namespace's CLONE_NEW* type (Linux 4.11)
@@ -123,6 +130,39 @@ def open_namespace(namespace: Namespace, *, hop: str | None = None) -> int:
             hop=hop,
         )
     return fd
+
+
+def is_named(namespace: Namespace) -> bool:
+    """Whether ``namespace.path`` still names ``namespace``: one stat(2), nothing opened.
+
+    False once ``ip netns del`` unmounted and unlinked a ``/run/netns`` name (or a name was made
+    again: another inode), once the process of a ``/proc/<pid>`` path exited (or the pid names
+    another process's namespace), or when the path cannot be looked at.
+    """
+    try:
+        stat = os.stat(namespace.path)
+    except OSError:
+        return False
+    return (stat.st_dev, stat.st_ino) == namespace.key
+
+
+def check_named(namespace: Namespace, *, hop: str | None = None) -> None:
+    """Raise unless ``namespace.path`` still names ``namespace`` (as :func:`is_named`).
+
+    Raises:
+        NotFound: the path is gone or names something else now; the reason names the namespace.
+        PermissionDenied: the path cannot be looked at.
+    """
+    try:
+        stat = os.stat(namespace.path)
+    except OSError as exc:
+        what = f"network namespace {namespace.url} is gone: cannot look at {namespace.path}"
+        raise _error(exc.errno or 0, what, hop) from exc
+    if (stat.st_dev, stat.st_ino) != namespace.key:
+        raise NotFound(
+            f"network namespace {namespace.url} is gone: {namespace.path} no longer names it",
+            hop=hop,
+        )
 
 
 def enter_namespace_in_this_thread(namespace: Namespace, *, hop: str | None = None) -> None:

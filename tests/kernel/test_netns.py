@@ -13,6 +13,7 @@ import trio
 from tests.netns import Host
 from trionsm.errors import InvalidArgument, NotFound
 from trionsm.kernel import inode_url, resolve_namespace
+from trionsm.kernel._netns import check_named, is_named
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -53,6 +54,23 @@ async def test_inode_url_of_an_unnamed_process_namespace() -> None:
         await process.wait()
         if process.stdout is not None:
             await process.stdout.aclose()
+
+
+async def test_a_name_deleted_or_made_again_no_longer_names_the_namespace(host: Host) -> None:
+    url = await host.netns()
+    name = url.removeprefix("file:///run/netns/")
+    namespace = await resolve_namespace(url)
+    assert is_named(namespace)
+    check_named(namespace, hop="test")
+    await trio.run_process(["ip", "netns", "del", name])
+    assert not is_named(namespace)
+    with pytest.raises(NotFound, match=f"{url} is gone: cannot look at /run/netns/{name}"):
+        check_named(namespace, hop="test")
+    await trio.run_process(["ip", "netns", "add", name])
+    assert not is_named(namespace)
+    with pytest.raises(NotFound, match=f"/run/netns/{name} no longer names it") as caught:
+        check_named(namespace, hop="test")
+    assert caught.value.hop == "test"
 
 
 async def test_self_is_pinned_to_this_process() -> None:
