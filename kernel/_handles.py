@@ -7,6 +7,12 @@ without work, closing its socket (and so releasing the namespace). A :class:`Poo
 namespace's workers; :func:`call_on` runs a function on a worker and waits for it from Trio
 without abandoning it. Errors raised in a job under :func:`step` become :class:`KernelFailure`,
 which :meth:`KernelFailure.typed` turns into :mod:`trionsm.errors` with the hop named.
+
+A thread in a namespace and a socket made in it each keep the namespace alive, with every
+interface in it. So while a pool has idle workers, one of them looks every ``watch_interval``
+seconds whether the path the pool was last reached by still names its namespace (a stat(2));
+once it does not (``ip netns del``, the pod's process exited) the pool is *forgotten*: its idle
+workers stop at once and the busy ones when their job ends (:meth:`Pool.forget`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import errno
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -37,7 +44,7 @@ from trionsm.errors import (
     TrionsmError,
 )
 
-from ._netns import Namespace, enter_namespace_in_this_thread
+from ._netns import Namespace, enter_namespace_in_this_thread, is_named
 
 __all__ = ["Handle", "KernelFailure", "Lane", "Pool", "Worker", "call_on", "step"]
 
@@ -117,8 +124,9 @@ class Handle:
 
 
 class Pool:
-    """The handles of one namespace. ``lock`` guards ``idle``/``size`` (handle threads retire
-    themselves); the limiters are used from the Trio thread only."""
+    """The handles of one namespace. ``lock`` guards ``idle``, ``size``, ``generation`` and
+    ``checked`` (handle threads retire themselves and watch the namespace); ``namespace`` (the
+    name it was last reached by) and the limiters are set and used from the Trio thread only."""
 
     def __init__(self, namespace: Namespace, capacity: Mapping[Lane, int]) -> None:
         self.namespace = namespace
@@ -126,6 +134,8 @@ class Pool:
         self.kernel_lock = threading.Lock()
         self.idle: list[Worker] = []
         self.size = 0
+        self.generation = 0  # bumped by forget(): workers of older generations never idle again
+        self.checked = time.monotonic()
         self.limiters = {lane: trio.CapacityLimiter(n) for lane, n in capacity.items()}
 
     def in_use(self) -> bool:
@@ -135,15 +145,38 @@ class Pool:
         )
         return busy or self.size > 0
 
+    def forget(self) -> None:
+        """Stop the idle workers now; busy ones stop when their job ends. Any thread; no wait."""
+        with self.lock:
+            self.generation += 1
+            idle, self.idle = self.idle, []
+            self.size -= len(idle)
+        for worker in idle:
+            worker.stop()
+
+    def watch(self, interval: float) -> None:
+        """From an idle worker: at most once per ``interval`` per pool, forget the pool if its
+        namespace lost its name. A stat(2); never blocks on other workers."""
+        now = time.monotonic()
+        with self.lock:
+            if now - self.checked < interval:
+                return
+            self.checked = now
+        if not is_named(self.namespace):
+            self.forget()
+
 
 class Worker:
-    """One handle: a dedicated thread running queued jobs in one namespace, retiring when idle."""
+    """One handle: a dedicated thread running queued jobs in one namespace, retiring when idle
+    for ``idle_timeout`` seconds and watching its namespace every ``watch_interval`` meanwhile."""
 
-    def __init__(self, pool: Pool, idle_timeout: float) -> None:
+    def __init__(self, pool: Pool, idle_timeout: float, watch_interval: float) -> None:
         self.pool = pool
         self.busy = True  # made for a caller; set under pool.lock
+        self.generation = pool.generation  # a forget() after this retires it at checkin
         self.handle: Handle | None = None
         self._idle_timeout = idle_timeout
+        self._watch_interval = watch_interval
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.thread = threading.Thread(
             target=self._main, name=f"trionsm-netns-{pool.namespace.ino}", daemon=True
@@ -165,16 +198,22 @@ class Worker:
 
     def _main(self) -> None:
         try:
+            retire_at = time.monotonic() + self._idle_timeout
             while True:
+                wait = min(self._watch_interval, retire_at - time.monotonic())
                 try:
-                    job = self._jobs.get(timeout=self._idle_timeout)
+                    job = self._jobs.get(timeout=max(wait, 0.0))
                 except queue.Empty:
-                    if self._retire_if_idle():
-                        return
+                    self.pool.watch(self._watch_interval)  # may stop us: None is queued then
+                    if time.monotonic() >= retire_at:
+                        if self._retire_if_idle():
+                            return
+                        retire_at = time.monotonic() + self._idle_timeout  # a job is coming
                     continue
                 if job is None:
                     return
                 job()
+                retire_at = time.monotonic() + self._idle_timeout
         finally:
             if self.handle is not None:
                 self.handle.ipr.close()

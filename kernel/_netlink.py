@@ -10,14 +10,25 @@ dedicated OS thread that entered its namespace once with setns(2) and owns a pla
 created inside it: one socket, one loop, no fork, and sockets for pings made in the same thread
 land in the same namespace. Trio's own threads never change namespace.
 
-A namespace has a small pool of handles, grown on demand and shrunk when idle: a handle whose
-thread sits idle for ``idle_timeout`` seconds closes its socket and exits, which also drops the
-reference that kept the namespace alive (a dead pod's namespace, and every interface in it, lives
-as long as anything holds it). Work goes through *lanes*: ``SETUP`` (create and configure),
-``TEARDOWN`` (remove) and ``PROBE`` (sockets for pings, listings), each with its own capacity per
-namespace and per executor. A new request therefore waits only behind other requests, never behind
-a backlog of teardowns in our queues. The kernel still serialises every link change on one lock
-(rtnl), which a veth deletion holds through an RCU wait, so the teardown lane stays narrow: with
+A namespace has a small pool of handles, grown on demand and shrunk when idle. A handle's thread
+and its socket each keep the namespace alive, and with it every interface in it: a pod's
+namespace deleted while we hold it would live on, and the other end of its wire would keep
+answering the client's liveness pings. So we let go of a namespace in three ways. A handle idle
+for ``idle_timeout`` seconds (1 s) closes its socket and exits. While a namespace has idle
+handles, one of them looks every ``watch_interval`` seconds (0.1 s) whether the path the
+namespace was last reached by still names it (one stat(2): ``ip netns del`` unmounts
+``/run/netns/<name>``, a ``/proc/<pid>`` path goes with its process), and if not, the namespace
+is forgotten: its idle handles close at once, busy ones when their job ends. And every job first
+checks the same of the path it was given, so a namespace deleted (or made again under its name)
+since is never served by an old handle: the pool is forgotten and NotFound names the namespace.
+:meth:`Netlink.forget` lets go of a namespace on request. Reopening a handle costs a thread, a
+setns(2) and a socket (about a millisecond).
+
+Work goes through *lanes*: ``SETUP`` (create and configure), ``TEARDOWN`` (remove) and ``PROBE``
+(sockets for pings, listings), each with its own capacity per namespace and per executor. A new
+request therefore waits only behind other requests, never behind a backlog of teardowns in our
+queues. The kernel still serialises every link change on one lock (rtnl), which a veth deletion
+holds through an RCU wait, so the teardown lane stays narrow: with
 200 removals under way, a create+ping took p50 27 ms / p90 43 ms at 4 concurrent teardowns
 (200 done in 1.7 s) against p50 51-59 ms / p90 101-360 ms at 8-32 (done in 1.0-1.3 s), and
 20 ms per removal one at a time.
@@ -42,7 +53,7 @@ import trio
 from trionsm.errors import TrionsmError, Unavailable
 
 from ._handles import Handle, KernelFailure, Lane, Pool, Worker, call_on, step
-from ._netns import Namespace
+from ._netns import Namespace, check_named, is_named
 
 __all__ = [
     "Lane",
@@ -59,8 +70,10 @@ T = TypeVar("T")
 @attrs.frozen
 class NetlinkLimits:
     """Capacities of an executor. Jobs running at once, per lane, across all namespaces and per
-    namespace; handles idle for ``idle_timeout`` seconds close and release their namespace.
-    ``teardown`` trades removal throughput against request latency (see the module docstring)."""
+    namespace; handles idle for ``idle_timeout`` seconds close and release their namespace, and
+    while a namespace has idle handles it is looked at every ``watch_interval`` seconds and let go
+    of once its name is gone (see the module docstring). ``teardown`` trades removal throughput
+    against request latency."""
 
     setup: int = 16
     teardown: int = 4
@@ -68,7 +81,8 @@ class NetlinkLimits:
     setup_per_namespace: int = 4
     teardown_per_namespace: int = 4
     probe_per_namespace: int = 4
-    idle_timeout: float = 10.0
+    idle_timeout: float = 1.0
+    watch_interval: float = 0.1
 
     def total(self, lane: Lane) -> int:
         return {Lane.SETUP: self.setup, Lane.TEARDOWN: self.teardown, Lane.PROBE: self.probe}[lane]
@@ -165,15 +179,13 @@ class Netlink:
         return await self.run(namespace, make, lane=Lane.PROBE, hop=hop)
 
     def forget(self, namespace: Namespace) -> None:
-        """Close the idle handles of ``namespace`` now (busy ones retire when they go idle)."""
+        """Let go of ``namespace`` now: its idle handles close at once, busy ones when their job
+        ends; later jobs open new handles. For a namespace about to be deleted or no longer
+        needed (one already deleted is let go of within ``watch_interval`` anyway). Never
+        blocks; the threads exit on their own."""
         pool = self._pools.get(namespace.key)
-        if pool is None:
-            return
-        with pool.lock:
-            idle, pool.idle = pool.idle, []
-            pool.size -= len(idle)
-        for worker in idle:
-            worker.stop()
+        if pool is not None:
+            pool.forget()
 
     def statistics(self) -> NetlinkStatistics:
         """Counts for tests and status pages."""
@@ -215,6 +227,13 @@ class Netlink:
         return pool
 
     async def _checkout(self, pool: Pool, namespace: Namespace, hop: str | None) -> Worker:
+        try:
+            check_named(namespace, hop=hop)  # else an idle handle would serve a deleted one
+        except TrionsmError:
+            if not is_named(pool.namespace):  # not reachable by the pool's last name either
+                pool.forget()
+            raise
+        pool.namespace = namespace
         with pool.lock:
             if pool.idle:
                 worker = pool.idle.pop()
@@ -222,7 +241,7 @@ class Netlink:
                 return worker
             pool.size += 1
         try:
-            worker = Worker(pool, self.limits.idle_timeout)
+            worker = Worker(pool, self.limits.idle_timeout, self.limits.watch_interval)
         except BaseException:
             with pool.lock:
                 pool.size -= 1
@@ -238,11 +257,11 @@ class Netlink:
         pool = worker.pool
         with pool.lock:
             worker.busy = False
-            if healthy and not self._closed:
+            if healthy and not self._closed and worker.generation == pool.generation:
                 pool.idle.append(worker)
                 return
             pool.size -= 1
-        worker.stop()  # a handle whose job failed unexpectedly is never reused
+        worker.stop()  # not reused: its job failed unexpectedly, or its pool was forgotten
 
 
 _DEFAULT: trio.lowlevel.RunVar[Netlink] = trio.lowlevel.RunVar("trionsm_netlink")
@@ -251,7 +270,8 @@ _DEFAULT: trio.lowlevel.RunVar[Netlink] = trio.lowlevel.RunVar("trionsm_netlink"
 def current_netlink() -> Netlink:
     """This Trio run's shared executor (default limits), made on first use.
 
-    It is never closed explicitly: its handle threads retire after ``idle_timeout`` of quiet. Use
+    It is never closed explicitly: its handle threads retire after ``idle_timeout`` of quiet (or
+    once their namespace is gone, see :class:`NetlinkLimits`). Use
     :func:`open_netlink` to own one with a bounded life instead.
     """
     try:

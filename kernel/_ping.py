@@ -5,7 +5,9 @@ of the :class:`~trionsm.kernel.Netlink` executor (which sits in that namespace; 
 never change namespace), hands it to Trio, and waits for a matching echo reply: same ICMP id,
 one of our sequence numbers and our random payload (a raw socket sees every ICMP packet of its
 namespace). ``connect()`` limits it to the destination, ``bind()`` to the source address when one
-is given. Raw sockets need ``CAP_NET_RAW`` in the namespace: the kernel's unprivileged ICMP
+is given. The socket is closed before :func:`ping` returns or raises, on every path (an answer,
+silence, no route, a cancellation): an open socket would keep its namespace, and every interface
+in it, alive. Raw sockets need ``CAP_NET_RAW`` in the namespace: the kernel's unprivileged ICMP
 sockets are off in every new namespace (``net.ipv4.ping_group_range = 1 0``).
 
 :func:`check_liveness` is NSM's kernel liveness check: every (src, dst) pair of the same family
