@@ -8,7 +8,8 @@ Three forms name a namespace on this host:
   container runtimes' bind mounts).
 * ``inode://<dev>/<ino>``: the namespace's nsfs device and inode numbers in decimal, as NSM's
   grpcfd writes them. Resolved on this host by scanning ``/run/netns``, then ``/proc/*/ns/net``,
-  then ``/proc/*/task/*/ns/net`` for a file whose ``st_dev``/``st_ino`` match.
+  then ``/proc/*/task/*/ns/net`` (other processes' threads only) for a file whose
+  ``st_dev``/``st_ino`` match.
 
 A :class:`Namespace` is identified by ``(dev, ino)``; its ``path`` is only how we reach it, so
 every open checks that the path still names the same namespace (a ``/proc/<pid>`` path outlives
@@ -292,7 +293,10 @@ def _candidates() -> Iterator[str]:
         yield from (os.path.join(directory, name) for name in names)
     pids = [name for name in os.listdir("/proc") if name.isdigit()]
     yield from (f"/proc/{pid}/ns/net" for pid in pids)
-    for pid in pids:  # threads may sit in other namespaces than their process (NSM's thread-self)
+    # Threads may sit in other namespaces than their process (NSM's thread-self), but not ours:
+    # only the executor's handle threads move, and naming a namespace by them would keep it alive.
+    ours = str(os.getpid())
+    for pid in (pid for pid in pids if pid != ours):
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:

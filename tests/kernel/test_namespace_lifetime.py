@@ -26,6 +26,7 @@ from tests.netns import Host
 from trionsm.actors.client import ClientConnection
 from trionsm.errors import NotFound
 from trionsm.kernel import (
+    Namespace,
     Netlink,
     NetlinkLimits,
     create_kernel_wire,
@@ -166,6 +167,27 @@ async def test_a_namespace_made_again_under_its_name_is_never_served_by_an_old_h
         )  # fmt: skip
         assert await ping(client_url, "169.254.2.2", netlink=netlink)
         assert len(await host.links(endpoint_url)) == 2  # lo and the new wire's end
+
+
+async def test_our_own_handle_threads_never_name_a_deleted_namespace(host: Host) -> None:
+    """An ``inode://`` URL (or a reconcile's scan of the host) must not find a namespace through
+    the handle threads that sit in it: that would keep it alive for ever."""
+    url = await host.netns()
+    namespace = await resolve_namespace(url)
+    async with open_netlink(NetlinkLimits(idle_timeout=600.0, watch_interval=600.0)) as netlink:
+        await netlink.run(namespace, lambda _: None)
+        assert any(h.startswith("thread") for h in holders(namespace.key))
+        await trio.run_process(["ip", "netns", "del", name_of(url)])
+        with pytest.raises(NotFound, match="no namespace with that inode"):
+            await resolve_namespace(namespace.inode_url)
+        assert namespace.key not in {n.key for n in await scan_namespaces_on_host()}
+
+
+async def scan_namespaces_on_host() -> list[Namespace]:
+    """Every namespace reconcile would visit."""
+    from trionsm.kernel._reconcile import _host_namespaces
+
+    return await trio.to_thread.run_sync(_host_namespaces)
 
 
 async def test_forget_retires_busy_handles_when_their_jobs_end(host: Host) -> None:
