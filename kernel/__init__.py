@@ -40,8 +40,9 @@ Guarantees:
   worker threads, and no asyncio loop is involved on the Trio side.
 * Nothing here keeps a deleted namespace (and the interfaces in it) alive: handle threads retire
   after 1 s of quiet, and within ``watch_interval`` (0.1 s) of a namespace losing its name
-  (``ip netns del``, its process exiting); a job is never run by a handle in a namespace its
-  path no longer names (NotFound); ping sockets close before :func:`ping` returns.
+  (``ip netns del``, its process exiting); every job first checks that its namespace's path
+  still names it (else NotFound), so a namespace deleted or made again under its name is never
+  served by an old handle; ping sockets close before :func:`ping` returns.
 * Kernel work for different connections runs concurrently; creations (``SETUP``), removals
   (``TEARDOWN``) and pings (``PROBE``) have separate capacities, so a request never queues behind
   a backlog of teardowns.

@@ -126,7 +126,8 @@ class Handle:
 class Pool:
     """The handles of one namespace. ``lock`` guards ``idle``, ``size``, ``generation`` and
     ``checked`` (handle threads retire themselves and watch the namespace); ``namespace`` (the
-    name it was last reached by) and the limiters are set and used from the Trio thread only."""
+    name it was last reached by, which the watch reads) and the limiters are set and used from
+    the Trio thread only."""
 
     def __init__(self, namespace: Namespace, capacity: Mapping[Lane, int]) -> None:
         self.namespace = namespace
