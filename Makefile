@@ -28,6 +28,7 @@ pytest: $(STAMP)
 
 ## demo: run the two-node demo mesh
 demo: $(STAMP)
+	bash scripts/system-deps.sh demo
 	$(BIN)/trionsm demo
 
 ## bench: run every benchmark in bench/ and collect their JSON into bench/results.json
