@@ -28,7 +28,9 @@ collection), waits instead of taking a live peer for dead, at most about ten sec
 PINGs only servers that say they welcome it (a SETTINGS parameter of ours): grpcio and grpc-go
 servers close connections PINGed that often. Our servers
 advertise a concurrent-stream limit of 2**31 - 1 (h2's default of 100 would make a grpclib
-client queue the 101st stream silently).
+client queue the 101st stream silently). Against another server's limit, a streaming call that
+would take one of the last tenth of its streams is ResourceExhausted naming the server and the
+limit, so long-lived streams never leave unary calls (or themselves) waiting for good.
 
 Wire compatibility: standard gRPC (interoperates with grpcio both ways). Errors carry the hop
 and the service as binary trailing metadata (``trionsm-hop-bin``, ``trionsm-service-bin``).

@@ -41,6 +41,7 @@ from trionsm.errors import (
     DeadlineExceeded,
     Internal,
     InvalidArgument,
+    ResourceExhausted,
     TrionsmError,
     Unauthenticated,
     Unavailable,
@@ -233,6 +234,29 @@ class GrpcChannel:
             return
         self._closed = True
         await self._island.run(_close, self._grpc)
+
+    async def _check_stream_room(self, method: MethodSpec) -> None:
+        """asyncio: connect, and refuse a streaming call the server's stream limit leaves no
+        room for (ResourceExhausted naming the server and its limit).
+
+        A server caps the streams open at once on one connection (SETTINGS_MAX_CONCURRENT_
+        STREAMS: 100 for grpcio and h2 by default; ours advertise 2**31 - 1), and grpclib makes a
+        call past the cap wait, silently, until another ends. Streams live long (a monitor, a
+        watch), so streams past the cap would hang for good, and streams up to the cap would make
+        every later unary call hang: streams may take the cap less a tenth (at least one),
+        which stays free for unary calls, which end.
+        """
+        protocol = await self._grpc.__connect__()
+        limit = protocol.connection._connection.remote_settings.max_concurrent_streams
+        room = limit - max(1, limit // 10)
+        open_streams = len(protocol.processor.streams)
+        if open_streams >= room:
+            raise ResourceExhausted(
+                f"{method.path}: {self._target} allows {limit} concurrent streams on one "
+                f"connection; {open_streams} are open on this channel and the last "
+                f"{limit - room} are kept for unary calls: end a stream, or use another channel",
+                hop=self._target,
+            )
 
     def _request(
         self, method: MethodSpec, seconds: float | None, metadata: dict[str, str]

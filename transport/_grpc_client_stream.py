@@ -55,6 +55,7 @@ class StreamCall:
         """asyncio: run the call and deliver its replies, then its outcome, to Trio."""
         try:
             try:
+                await self.channel._check_stream_room(self.method)
                 async with self.grpc_stream:
                     if payload is not None:
                         await self.grpc_stream.send_message(payload, end=True)
