@@ -15,6 +15,7 @@ import attrs
 from trionsm.identity import DEFAULT_TOKEN_LIFETIME
 
 from ._mechanisms import KERNEL, NOOP, VXLAN
+from ._reconcile import DEFAULT_RECONCILE_GRACE
 from .forwarder import FORWARDER_LABELS
 from .registry import DEFAULT_EXPIRY
 
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_DIR",
     "DEFAULT_NSMGR_PORT",
     "DEFAULT_REGISTRY_PORT",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
     "FORWARDER_MODES",
     "NSM_SOCKET",
     "ForwarderConfig",
@@ -40,6 +42,9 @@ DEFAULT_NSMGR_PORT: Final = 5001
 DEFAULT_REGISTRY_PORT: Final = 5002
 """NSM's registry port: listen on it (``[registry] listen``) to serve other nodes."""
 FORWARDER_MODES: Final = ("internal", "external")
+DEFAULT_SHUTDOWN_TIMEOUT: Final = 30.0
+"""Seconds a node's whole stop may take (refuse new Requests, close the connections and remove
+their wires, stop the roles): well above its bounded steps (a Close gives up after 5 s)."""
 
 
 @attrs.frozen
@@ -77,6 +82,8 @@ class ForwarderConfig:
     registration_expiry: float | None = None
     tunnel_ip: str = ""
     underlay_netns: str = ""
+    reconcile_grace: float = DEFAULT_RECONCILE_GRACE
+    """Seconds a restarted forwarder keeps its unclaimed leftovers before it removes them."""
 
     @property
     def internal(self) -> bool:
@@ -91,7 +98,8 @@ class ForwarderConfig:
 @attrs.frozen
 class NodeConfig:
     """A whole node: its name, directory, each role's config, where the admin service listens
-    (``trionsm status`` dials it) and whether a stop keeps the data plane."""
+    (``trionsm status`` dials it), whether a stop keeps the data plane and how long the whole
+    stop may take (``shutdown_timeout`` seconds)."""
 
     name: str
     dir: Path
@@ -100,6 +108,7 @@ class NodeConfig:
     forwarder: ForwarderConfig
     admin_listen: tuple[str, ...] = ()
     restart_keep_dataplane: bool = False
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
 
     @property
     def nsmgr_name(self) -> str:

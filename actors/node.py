@@ -23,7 +23,10 @@ closes every connection as its client would (downstream, so the endpoints see th
 wire), each within the forwarder's ``STOP_TIMEOUT``. Then the children stop in reverse start
 order: admin, the forwarder (its lease unregisters), the nsmgr, the registry, the kernel
 executor; listeners close and unix sockets are removed. Every step is bounded (Close and
-Unregister timeouts), so the whole stop is. With ``restart_keep_dataplane`` the connections and
+Unregister timeouts), and the whole stop by ``shutdown_timeout`` (default 30 s): past it the
+node reports the step it was in and the actors still running (``trionsm node`` then exits 1 at
+once; embedded, ``serve_node`` raises DeadlineExceeded once the stuck steps let go, since a
+shielded cleanup cannot be cut short from outside). With ``restart_keep_dataplane`` the connections and
 wires are left as they are, for the next run of the node to adopt when its clients re-request:
 a restart that does not flap the data plane.
 
@@ -35,6 +38,7 @@ restart, and the wires stay.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -44,9 +48,16 @@ import trio
 
 from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.clock import Clock
-from trionsm.errors import Unavailable
+from trionsm.errors import DeadlineExceeded, Unavailable
 from trionsm.identity import JwtTokenProvider
-from trionsm.supervision import ChildSpec, ChildType, Strategy, Supervisor, open_supervisor
+from trionsm.supervision import (
+    ChildSpec,
+    ChildState,
+    ChildType,
+    Strategy,
+    Supervisor,
+    open_supervisor,
+)
 
 from ._connection import RequestHook, ServerHop
 from ._nodeconfig import (
@@ -54,6 +65,7 @@ from ._nodeconfig import (
     DEFAULT_DIR,
     DEFAULT_NSMGR_PORT,
     DEFAULT_REGISTRY_PORT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     FORWARDER_MODES,
     NSM_SOCKET,
     ForwarderConfig,
@@ -72,6 +84,7 @@ __all__ = [
     "DEFAULT_DIR",
     "DEFAULT_NSMGR_PORT",
     "DEFAULT_REGISTRY_PORT",
+    "DEFAULT_SHUTDOWN_TIMEOUT",
     "FORWARDER_MODES",
     "NODE_INTENSITY",
     "NODE_PERIOD",
@@ -81,8 +94,12 @@ __all__ = [
     "NodeHandle",
     "NsmgrConfig",
     "RegistryConfig",
+    "overrun_message",
     "serve_node",
+    "still_running",
 ]
+
+_log = logging.getLogger(__name__)
 
 NODE_INTENSITY = 3
 NODE_PERIOD = 30.0
@@ -100,6 +117,7 @@ class _Running:
     nsmgr: NsmgrHandle | None = None
     forwarder: ForwarderHandle | None = None
     stopping: bool = False
+    step: str = "refusing new Requests"  # what the stop is doing (for an overrun's message)
     kernel_lost: trio.Event = attrs.field(factory=trio.Event)  # the executor's end, per incarnation
     bound: dict[str, list[str]] = attrs.field(factory=dict)  # each role's first bound URLs
 
@@ -271,6 +289,7 @@ async def _serve_forwarder(
         tokens=_tokens("forwarder", forwarder.name, config, clock),
         clock=clock,
         lease_options=lease_options,
+        reconcile_grace=forwarder.reconcile_grace,
         # The node closes the connections itself on a stop for good (see the module
         # docstring); stopped by a crash or a restart, the forwarder leaves them be.
         keep_dataplane_on_stop=True,
@@ -299,53 +318,147 @@ def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> lis
     return children
 
 
-async def _stop_gracefully(config: NodeConfig, running: _Running) -> None:
+async def _stop_gracefully(config: NodeConfig, running: _Running, deadline: float) -> None:
     """Refuse new Requests, then (unless keeping the data plane) close the forwarder's
-    connections downstream and remove their wires; bounded by the forwarder's STOP_TIMEOUT."""
+    connections downstream and remove their wires; bounded by the forwarder's STOP_TIMEOUT and
+    by the stop's ``deadline``."""
     running.stopping = True
     forwarder = running.forwarder
     if config.restart_keep_dataplane or forwarder is None:
         return
-    with trio.move_on_after(STOP_TIMEOUT):
+    running.step = "closing the connections"
+    with trio.move_on_after(STOP_TIMEOUT), trio.move_on_at(deadline):
         await forwarder.forwarder.close_all()
+
+
+def still_running(supervisor: Supervisor) -> list[str]:
+    """The paths of the actors of ``supervisor``'s tree that have not stopped and have no such
+    actor below them (what a stop is waiting for): connections first, then depth first in
+    start order."""
+    alive = [
+        path for path, node in supervisor.tree().walk() if node.state is not ChildState.STOPPED
+    ]
+    leaves = [path for path in alive if not any(p.startswith(f"{path}/") for p in alive)]
+    return sorted(leaves, key=lambda path: "/connections/" not in path)
+
+
+def overrun_message(config: NodeConfig, running: _Running) -> str:
+    """What a stop past ``config.shutdown_timeout`` says: the step it was in, the node's roles
+    still running and (at most :data:`_SHOWN` of) the actors they wait for."""
+    supervisor = running.supervisor
+    roles = (
+        [c.id for c in supervisor.which_children() if c.state is not ChildState.STOPPED]
+        if supervisor is not None
+        else []
+    )
+    left = still_running(supervisor) if supervisor is not None else []
+    shown = ", ".join(left[:_SHOWN])
+    if len(left) > _SHOWN:
+        shown += f" and {len(left) - _SHOWN} more"
+    return (
+        f"node {config.name}: shutdown_timeout {config.shutdown_timeout:g}s exceeded while "
+        f"{running.step}; still running: {', '.join(roles) or 'nothing'}"
+        + (f" ({len(left)} actors: {shown})" if left else "")
+    )
+
+
+_SHOWN = 8
+
+
+async def _watch_stop(
+    config: NodeConfig,
+    running: _Running,
+    overrun: Callable[[str], object] | None,
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope],
+) -> None:
+    """From the start of the stop, wait ``shutdown_timeout`` seconds (shielded: the stop's own
+    cancellation does not end the wait; the node cancels it when its stop is through); then
+    report what is still running: through ``overrun``, else by raising DeadlineExceeded (which
+    ends ``serve_node`` once the stuck steps let go)."""
+    with trio.CancelScope(shield=True) as scope:
+        task_status.started(scope)
+        await trio.sleep(config.shutdown_timeout)
+        message = overrun_message(config, running)
+        if overrun is None:
+            _log.error("%s", message)
+            raise DeadlineExceeded(message, hop=f"node {config.name}")
+        overrun(message)
 
 
 async def serve_node(
     config: NodeConfig,
     *,
     clock: Clock | None = None,
+    on_overrun: Callable[[str], object] | None = None,
     task_status: trio.TaskStatus[NodeHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the node ``config`` describes until cancelled (see the module docstring).
 
     ``task_status.started(handle)`` once every role serves (the forwarder registered at the
-    nsmgr). Cancelling it stops the node in order, each step bounded; the node's directory is
-    created if missing and kept.
+    nsmgr). Cancelling it stops the node in order, each step bounded, the whole stop by
+    ``config.shutdown_timeout``; the node's directory is created if missing and kept.
+
+    Args:
+        on_overrun: called with :func:`overrun_message` when the stop takes longer than
+            ``config.shutdown_timeout`` (``trionsm node`` then exits 1 at once). None: the
+            message is logged and DeadlineExceeded raised, which ends ``serve_node`` only once
+            the stuck steps let go (a shielded cleanup cannot be cut short from outside).
 
     Raises:
         StartError: a role could not start (a socket or port in use, an unreachable registry).
         RestartIntensityExceeded: roles crashed more than :data:`NODE_INTENSITY` times within
             :data:`NODE_PERIOD` seconds.
+        DeadlineExceeded: the stop took longer than ``config.shutdown_timeout`` (no
+            ``on_overrun``).
     """
     config.dir.mkdir(parents=True, exist_ok=True)
     running = _Running()
-    async with open_supervisor(
-        _children(config, running, clock),
-        strategy=Strategy.ONE_FOR_ONE,
-        intensity=NODE_INTENSITY,
-        period=NODE_PERIOD,
-        name="node",
-    ) as supervisor:
-        running.supervisor = supervisor
-        assert running.nsmgr is not None
-        admin = next(c.value for c in supervisor.which_children() if c.id == "admin")
-        assert isinstance(admin, AdminHandle)
-        handle = NodeHandle(
-            config.name, config, running.nsmgr.urls, admin.urls, supervisor, running
-        )
-        try:
-            task_status.started(handle)
-            await trio.sleep_forever()
-        finally:
-            with trio.CancelScope(shield=True):
-                await _stop_gracefully(config, running)
+    watch = trio.CancelScope()  # replaced by the watchdog's when the stop begins
+    try:
+        async with trio.open_nursery() as guard:
+            try:
+                async with open_supervisor(
+                    _children(config, running, clock),
+                    strategy=Strategy.ONE_FOR_ONE,
+                    intensity=NODE_INTENSITY,
+                    period=NODE_PERIOD,
+                    name="node",
+                ) as supervisor:
+                    running.supervisor = supervisor
+                    assert running.nsmgr is not None
+                    admin = next(c.value for c in supervisor.which_children() if c.id == "admin")
+                    assert isinstance(admin, AdminHandle)
+                    handle = NodeHandle(
+                        config.name, config, running.nsmgr.urls, admin.urls, supervisor, running
+                    )
+                    try:
+                        task_status.started(handle)
+                        await trio.sleep_forever()
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            deadline = trio.current_time() + config.shutdown_timeout
+                            watch = await guard.start(_watch_stop, config, running, on_overrun)
+                            await _stop_gracefully(config, running, deadline)
+                            running.step = "stopping the roles"
+            finally:
+                watch.cancel()  # the stop is through (or the node failed): no overrun
+    except BaseExceptionGroup as group:  # (the guard nursery's): raise what the roles raised
+        lone = _lone_error(group)
+        if lone is None:
+            raise
+        raise lone from None
+
+
+def _lone_error(group: BaseExceptionGroup[Any]) -> BaseException | None:
+    """The one exception besides ``trio.Cancelled`` in ``group`` (nested groups flattened)."""
+    rest = group.split(trio.Cancelled)[1]
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [rest] if rest is not None else []
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None

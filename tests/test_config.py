@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from trionsm._cli.config import ConfigError, _check_table, _duration, load_config
 from trionsm.actors._mechanisms import KERNEL, NOOP, VXLAN
-from trionsm.actors.node import DEFAULT_DIR
+from trionsm.actors._reconcile import DEFAULT_RECONCILE_GRACE
+from trionsm.actors.node import DEFAULT_DIR, DEFAULT_SHUTDOWN_TIMEOUT
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -49,6 +50,8 @@ def test_defaults_are_nsm_s() -> None:
     assert forwarder.kernel
     assert config.admin_listen == ("unix:///var/lib/networkservicemesh/admin.sock",)
     assert config.restart_keep_dataplane is False
+    assert config.shutdown_timeout == DEFAULT_SHUTDOWN_TIMEOUT == 30.0
+    assert forwarder.reconcile_grace == DEFAULT_RECONCILE_GRACE
 
 
 def test_the_default_name_is_the_host_name() -> None:
@@ -64,6 +67,7 @@ def test_a_file_then_flags(tmp_path: Path) -> None:
         name = "node-a"
         dir = "/tmp/node-a"
         restart_keep_dataplane = true
+        shutdown_timeout = "45s"
 
         [nsmgr]
         listen = ["unix:///tmp/node-a/nsm.io.sock", "tcp://127.0.0.1:0"]
@@ -83,6 +87,7 @@ def test_a_file_then_flags(tmp_path: Path) -> None:
         mechanisms = ["noop"]
         labels = { p2p = "true", zone = "a" }
         registration_expiry = "1m30s"
+        reconcile_grace = "2s"
         """,
     )
     config = load_config(path)
@@ -99,17 +104,19 @@ def test_a_file_then_flags(tmp_path: Path) -> None:
     assert (config.forwarder.name, config.forwarder.mechanisms) == ("fwd", (NOOP,))
     assert dict(config.forwarder.labels) == {"p2p": "true", "zone": "a"}
     assert config.forwarder.registration_expiry == 90.0
+    assert (config.forwarder.reconcile_grace, config.shutdown_timeout) == (2.0, 45.0)
     assert not config.forwarder.kernel
     # Flags win; derived defaults follow the flags (the forwarder's socket follows --dir).
     flagged = load_config(
         path,
         {
-            "": {"dir": Path("/tmp/node-b")},
+            "": {"dir": Path("/tmp/node-b"), "shutdown_timeout": 5.0},
             "registry": {"store": "tcp://127.0.0.1:5002", "listen": ()},
             "forwarder": {"mode": "external"},
         },
     )
     assert flagged.forwarder.listen == "unix:///tmp/node-b/forwarder.sock"
+    assert flagged.shutdown_timeout == 5.0
     assert flagged.registry.remote
     assert not flagged.forwarder.internal
     assert not flagged.forwarder.kernel
@@ -155,6 +162,10 @@ BAD = [
         "forwarder.underlay_netns",
         "No such file",
     ),
+    ("shutdown_timeout = 0", "shutdown_timeout = 0", "positive duration"),
+    ("shutdown_timeout = 'soon'", "shutdown_timeout = 'soon'", "like 500ms"),
+    ("[forwarder]\nreconcile_grace = -1", "forwarder.reconcile_grace = -1", "positive duration"),
+    ("[forwarder]\nreconcile_grace = false", "forwarder.reconcile_grace", "positive duration"),
     ("[forwarder]\nname = ''", "forwarder.name = ''", "1 to 253 characters"),
     ("[admin]\nlisten = ['tcp://x']", "admin.listen[0] = 'tcp://x'", ""),
     ("[admin]\nsocket = 'x'", "admin.socket", "[admin] takes listen"),

@@ -10,6 +10,7 @@ role's sockets removed, the mesh's directory gone.
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,32 @@ async def test_sigterm_closes_the_connections_downstream_and_exits_0() -> None:
         assert mesh.leaks() == []
 
 
+async def test_a_stop_past_shutdown_timeout_exits_1_naming_what_still_runs() -> None:
+    with trio.fail_after(BOUND):
+        async with open_process_mesh() as mesh:
+            # 1 s: shorter than a Close's own timeout (5 s), so the stop cannot finish in time.
+            node = await start_node(mesh, "--shutdown-timeout", "1s")
+            nse = await mesh.add_endpoint("nse-1", "svc", nsmgr="node-1", cidr=CIDR)
+            assert nse.process is not None
+            async with open_connection("noop://svc/nsm-1", nsmgr=node.url):
+                nse.process.send_signal(signal.SIGSTOP)  # it will never answer the Close
+                try:
+                    # Within the mesh's stop grace (10 s): exited by itself, not SIGKILLed.
+                    assert await mesh.stop("node-1") == 1
+                finally:
+                    nse.process.send_signal(signal.SIGCONT)
+            said = mesh["node-1"].stderr
+            assert "trionsm node: node n1: shutdown_timeout 1s exceeded while closing the " in said
+            assert "; still running: registry, nsmgr, forwarder, admin (" in said
+            assert "node/forwarder/connections/connection#1" in said  # its Close in flight
+            assert not any(path.exists() for path in mesh["node-1"].sockets)  # removed first
+            # What the mesh noted about the non-zero exit is this test's expectation.
+            assert [line.split(":")[0] for line in mesh.unclean] == ["node-1"]
+            mesh.unclean.clear()
+            await stop(mesh, "nse-1")
+        assert mesh.leaks() == []
+
+
 async def test_a_killed_node_restarts_and_its_clients_heal() -> None:
     with trio.fail_after(BOUND):
         async with open_process_mesh() as mesh:
@@ -203,6 +230,10 @@ def _bad_config(directory: Path) -> dict[str, tuple[list[str], str]]:
             "argument --forwarder: invalid choice: 'sidecar' (choose from ",  # (quoting varies)
         ),
         "mechanism": (["--mechanism", "vpp"], "argument --mechanism: 'vpp': expected one of"),
+        "shutdown timeout": (
+            ["--shutdown-timeout", "0"],
+            "argument --shutdown-timeout: '0': a duration must be positive",
+        ),
         "name": (["--name", "a/b"], "argument --name: 'a/b': '/' is not allowed in a name"),
         "missing file": (
             ["--config", str(directory / "absent.toml")],

@@ -8,6 +8,7 @@ default). The file (every key optional; the values shown are the defaults)::
     name = "<host name>"                  # the node's name: nsmgr-<name>, forwarder-<name>
     dir = "/var/lib/networkservicemesh"   # the node's sockets (one directory per node on a host)
     restart_keep_dataplane = false        # stop without closing connections or removing wires
+    shutdown_timeout = "30s"              # the whole stop; past it: exit 1 naming what still ran
 
     [nsmgr]
     listen = ["unix://<dir>/nsm.io.sock", "tcp://127.0.0.1:5001"]
@@ -31,6 +32,8 @@ default). The file (every key optional; the values shown are the defaults)::
     registration_expiry = "1m"            # its lease; refreshed at 2/3 of what was granted
     tunnel_ip = ""                        # its underlay address: adds VXLAN (remote KERNEL)
     underlay_netns = ""                   # the namespace holding tunnel_ip
+    reconcile_grace = "3m"                # a restarted forwarder's leftovers wait this long
+                                          # for a re-request to adopt them, then are removed
 
 Durations are a number of seconds or a string such as ``500ms``, ``60s``, ``1m30s``.
 """
@@ -52,6 +55,7 @@ from trionsm.actors.node import (
     ADMIN_SOCKET,
     DEFAULT_DIR,
     DEFAULT_NSMGR_PORT,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     FORWARDER_MODES,
     NSM_SOCKET,
     ForwarderConfig,
@@ -189,6 +193,7 @@ _SCHEMA: Final[dict[str, dict[str, Check]]] = {
         "name": _NAME,
         "dir": _via(Path, "a directory path"),
         "restart_keep_dataplane": _bool,
+        "shutdown_timeout": _duration,
     },
     "nsmgr": {
         "listen": _list(_LISTEN, allow_empty=False),
@@ -206,6 +211,7 @@ _SCHEMA: Final[dict[str, dict[str, Check]]] = {
         "registration_expiry": _duration,
         "tunnel_ip": _optional(_via(_ip, "an IPv4 or IPv6 address")),
         "underlay_netns": _optional(_via(options.netns, "an existing network namespace")),
+        "reconcile_grace": _duration,
     },
 }
 
@@ -302,4 +308,5 @@ def load_config(
         forwarder=forwarder_config,
         admin_listen=tuple(admin_listen),
         restart_keep_dataplane=top.get("restart_keep_dataplane", False),
+        shutdown_timeout=top.get("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT),
     )

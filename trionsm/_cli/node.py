@@ -5,18 +5,21 @@ key and its default) with the flags over it; everything is checked before anythi
 bad flag or config value exits 2 naming it, its value and what is allowed. Then the contract of
 every serving command: ``serving URL`` on stdout per listener once the node serves (the nsmgr's
 URLs in ``--listen`` order, then the admin service's), exit 0 after SIGTERM/SIGINT (an ordered,
-bounded stop), 1 when it cannot start.
+bounded stop), 1 when it cannot start. A stop that takes longer than ``shutdown_timeout`` ends
+the process at once with exit status 1, after one line on stderr naming the step it was in and
+the actors still running (its unix sockets are removed first).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from trionsm.actors.node import FORWARDER_MODES, NodeHandle, serve_node
+from trionsm.actors.node import FORWARDER_MODES, NodeConfig, NodeHandle, serve_node
 
 from . import options
 from .config import ConfigError, load_config
@@ -115,6 +118,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="on SIGTERM, stop without closing connections or removing wires (for a restart: "
         "the next run adopts them as the clients re-request)",
     )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=options.duration,
+        metavar="DURATION",
+        help="how long the whole stop after SIGTERM may take (default 30s); past it the node "
+        "exits 1 naming what was still running",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -125,6 +135,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("", "name", args.name),
         ("", "dir", args.dir),
         ("", "restart_keep_dataplane", args.restart_keep_dataplane),
+        ("", "shutdown_timeout", args.shutdown_timeout),
         ("nsmgr", "listen", tuple(args.listen) if args.listen else None),
         ("nsmgr", "public_url", args.public_url),
         ("registry", "store", args.registry),
@@ -154,4 +165,19 @@ def run(args: argparse.Namespace) -> int:
     missing = None
     if config.forwarder.kernel:
         missing = kernel_access(config.forwarder.name, "a forwarder with kernel mechanisms")
-    return run_serving("node", partial(serve_node, config), _urls, precondition=missing)
+    start = partial(serve_node, config, on_overrun=partial(_overrun, config))
+    return run_serving("node", start, _urls, precondition=missing)
+
+
+def _overrun(config: NodeConfig, message: str) -> None:
+    """The stop took longer than ``shutdown_timeout``: say so, remove the node's unix sockets
+    (nothing will serve on them), exit 1 at once (what still runs cannot be waited for)."""
+    print(f"trionsm node: {message}", file=sys.stderr, flush=True)
+    urls = [*config.nsmgr.listen, *config.admin_listen, *config.registry.listen]
+    if config.forwarder.internal:
+        urls.append(config.forwarder.listen)
+    for url in urls:
+        if url.startswith("unix://"):
+            Path(url.removeprefix("unix://")).unlink(missing_ok=True)
+    sys.stdout.flush()
+    os._exit(1)
