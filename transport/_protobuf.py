@@ -358,7 +358,7 @@ def _decode(plan: Plan, data: bytes, pos: int, end: int, depth: int) -> Any:
                     f"field {number} of {cls.__name__} needs {length} bytes, {end - pos} remain"
                 )
             if kind == _STRING:
-                value = data[pos:stop].decode("utf-8")
+                value = _shared(data[pos:stop].decode("utf-8"))
             elif kind == _BYTES:
                 value = data[pos:stop]
             else:
@@ -378,6 +378,28 @@ def _decode(plan: Plan, data: bytes, pos: int, end: int, depth: int) -> Any:
         else:
             values[name] = value
     return message
+
+
+_SHARED_MAX: Final = 4096  # strings remembered
+_SHARED_LONGEST: Final = 1024  # characters of the longest one
+_recent: dict[str, str] = {}
+
+
+def _shared(value: str) -> str:
+    """An equal string decoded recently, else ``value`` (remembered, the oldest forgotten).
+
+    Decoded messages repeat strings (segment names, the service, tokens issued in the same
+    second, mechanism types, labels): a hop holding thousands of connections holds one copy.
+    """
+    if len(value) > _SHARED_LONGEST:
+        return value
+    known = _recent.get(value)
+    if known is not None:
+        return known
+    _recent[value] = value
+    if len(_recent) > _SHARED_MAX:
+        del _recent[next(iter(_recent))]
+    return value
 
 
 def _nested(cls: Any, data: bytes, pos: int, end: int, depth: int) -> Any:

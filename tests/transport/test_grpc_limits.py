@@ -1,4 +1,5 @@
-"""The gRPC carrier at a server's stream limit: a clear error, never a silent hang.
+"""The gRPC carrier at a server's stream limit: a clear error, never a silent hang; and the
+memory decoded messages take.
 
 A raw HTTP/2 server (h2's state machine over a Trio socket) stands for a foreign gRPC server
 with a small SETTINGS_MAX_CONCURRENT_STREAMS (grpcio's is 100). Every wait is bounded by
@@ -18,9 +19,10 @@ import pytest
 import trio
 
 from tests.transport.test_grpc import HANG, grpc_frame, request
-from trionsm.api.connection import Connection, MonitorScopeSelector
+from trionsm.api.connection import Connection, MonitorScopeSelector, Path, PathSegment
 from trionsm.errors import ResourceExhausted
 from trionsm.transport import open_client
+from trionsm.transport._codec import decode
 
 MONITOR = "/connection.MonitorConnection/MonitorConnections"
 
@@ -110,3 +112,24 @@ async def test_a_stream_past_the_servers_limit_is_resource_exhausted_not_a_hang(
             with trio.fail_after(HANG):
                 assert (await client.network_service.request(request())).id == "c-1"
         assert server.open_streams == 9
+
+
+def test_decoded_messages_share_equal_strings() -> None:
+    """A hop holding thousands of decoded connections holds one copy of each repeated string
+    (names, tokens of the same second), not one per connection; long strings are not kept."""
+    segments = [PathSegment(name="nsmgr-1", id=f"id-{n}", token="t" * 300) for n in range(2)]
+    data = bytes(Connection(network_service="bench", path=Path(path_segments=segments)))
+    first, second = (decode(Connection, data, what="test") for _ in range(2))
+    assert isinstance(first, Connection)
+    assert isinstance(second, Connection)
+    assert first == second
+    assert first.network_service is second.network_service
+    a, b = first.path.path_segments, second.path.path_segments  # type: ignore[union-attr]
+    assert a[0].token is b[1].token
+    assert a[0].name is b[1].name
+    assert a[0].id is b[0].id
+    long = bytes(Connection(network_service="x" * 2000))
+    once, again = (decode(Connection, long, what="test") for _ in range(2))
+    assert isinstance(once, Connection)
+    assert isinstance(again, Connection)
+    assert once.network_service is not again.network_service
