@@ -117,6 +117,8 @@ class ConnectionMonitor:
             if self._watchers.get(segment_id) is watcher:
                 del self._watchers[segment_id]
             self._hand_over()
+            if not self._watchers and self._runner is None:
+                _forget(self)
 
     def _hand_over(self) -> None:
         """Wake the oldest watcher if no stream runs: it runs it, or (broken) leaves and wakes
@@ -197,12 +199,22 @@ _shared: weakref.WeakKeyDictionary[Client, dict[str, ConnectionMonitor]] = (
 
 
 def shared_monitor(client: Client, name: str) -> ConnectionMonitor:
-    """The one monitor of the connections named ``name`` that share ``client``."""
+    """The one monitor of the connections named ``name`` that share ``client`` (ask again
+    before each watch: a monitor nobody watches is forgotten, so that it does not keep the
+    client alive)."""
     by_name = _shared.setdefault(client, {})
     monitor = by_name.get(name)
     if monitor is None:
         monitor = by_name[name] = ConnectionMonitor(client, name)
     return monitor
+
+
+def _forget(monitor: ConnectionMonitor) -> None:
+    by_name = _shared.get(monitor._client)
+    if by_name is not None and by_name.get(monitor._name) is monitor:
+        del by_name[monitor._name]
+        if not by_name:
+            del _shared[monitor._client]
 
 
 def own_monitor(client: Client, name: str, segment_id: str) -> ConnectionMonitor:

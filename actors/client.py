@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import itertools
 import math
 import os
@@ -182,7 +183,7 @@ class ClientConnection:
         request: NetworkServiceRequest,
         *,
         name: str,
-        monitor: ConnectionMonitor | None = None,
+        monitor: Callable[[], ConnectionMonitor] | None = None,
         tokens: TokenProvider,
         clock: Clock,
         request_timeout: float,
@@ -195,7 +196,11 @@ class ClientConnection:
         self._request = request
         self._name = name
         assert request.connection is not None
-        self._monitor = monitor or own_monitor(client, name, request.connection.id)
+        # a shared monitor is asked for before each watch (``shared_monitor``'s docstring)
+        self._shared_monitor = monitor
+        self._own_monitor = (
+            own_monitor(client, name, request.connection.id) if monitor is None else None
+        )
         self._tokens = tokens
         self._clock = clock
         self._timeout = request_timeout
@@ -337,7 +342,11 @@ class ClientConnection:
     async def _monitor_loop(self) -> None:
         assert self.connection is not None
         try:
-            await self._monitor.watch(self.connection.id)
+            monitor = self._own_monitor
+            if monitor is None:
+                assert self._shared_monitor is not None
+                monitor = self._shared_monitor()
+            await monitor.watch(self.connection.id)
         except MonitorBroken as exc:
             raise _PathBroken(exc.reason) from None
 
@@ -513,9 +522,9 @@ async def open_connection(
     async with AsyncExitStack() as stack:
         if client is None:
             client = await stack.enter_async_context(open_client(nsmgr_url, **client_options))
-            monitor = own_monitor(client, client_name, first.id)
+            monitor = None  # one of its own, scoped to its segment
         else:
-            monitor = shared_monitor(client, client_name)
+            monitor = functools.partial(shared_monitor, client, client_name)
         held = ClientConnection(
             client,
             request,

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import trio
 
-from trionsm.actors import _count
+from trionsm.actors import _count, _nscmonitor
 from trionsm.actors._count import HopCounts
 from trionsm.actors.client import EventKind, open_connection
 from trionsm.api.connection import Connection, State
@@ -280,4 +280,5 @@ async def test_connections_sharing_a_client_share_one_monitor_stream(
             assert [c.heals for c in conns] == [1, 0, 1, 0, 0]
             assert nsmgr.hub.subscriber_count == base + 1
         assert nsmgr.hub.subscriber_count == base
+        assert client not in _nscmonitor._shared  # nobody watches: nothing keeps the client
         assert live_connections(mesh) == {"nsmgr-0": 0, "forwarder-0-0": 0, "nse-1": 0}
