@@ -26,9 +26,9 @@ executor; listeners close and unix sockets are removed. Every step is bounded (C
 Unregister timeouts), and the whole stop by ``shutdown_timeout`` (default 30 s): past it the
 node reports the step it was in and the actors still running (``trionsm node`` then exits 1 at
 once; embedded, ``serve_node`` raises DeadlineExceeded once the stuck steps let go, since a
-shielded cleanup cannot be cut short from outside). With ``restart_keep_dataplane`` the connections and
-wires are left as they are, for the next run of the node to adopt when its clients re-request:
-a restart that does not flap the data plane.
+shielded cleanup cannot be cut short from outside). With ``restart_keep_dataplane`` the
+connections and wires are left as they are, for the next run of the node to adopt when its
+clients re-request: a restart that does not flap the data plane.
 
 A Crash of the forwarder (through the admin service) is a crash, not a stop: its connections are
 not closed and its wires stay, for the restarted incarnation to adopt. A crash of the kernel
