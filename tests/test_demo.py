@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from trionsm._netmesh import Inventory, aliased_links, find_leaks, process_start_time
+from trionsm._namespaces import create_netns, delete_netns
+from trionsm._netmesh import Inventory, find_leaks, process_start_time
+from trionsm._processes import aliased_links
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
 
@@ -102,8 +104,7 @@ async def test_leak_check_finds_a_namespace_link_process_and_path_left_then_noth
     with trio.fail_after(30):
         name = f"tnsm-leak-{os.getpid()}"
         inventory = Inventory(owners=["node-9-forwarder"])
-        inventory.namespaces.append(name)
-        await _ip("netns", "add", name)
+        await create_netns(name, into=inventory.namespaces)
         sleeper = await trio.lowlevel.open_process(["sleep", "60"])
         try:
             await _ip("-n", name, "link", "add", "leak0", "type", "veth", "peer", "name", "other0")
@@ -126,7 +127,7 @@ async def test_leak_check_finds_a_namespace_link_process_and_path_left_then_noth
         finally:
             sleeper.kill()
             await sleeper.wait()
-            await _ip("netns", "del", name)
+            await delete_netns(name)
         left.rmdir()
         assert await find_leaks(inventory) == []
 

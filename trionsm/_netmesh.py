@@ -29,7 +29,6 @@ namespace, processes still alive, paths still present.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,7 +38,7 @@ import attrs
 import trio
 
 from trionsm._namespaces import create_netns, delete_netns, netns_exists, netns_url
-from trionsm._processes import ProcessMesh, RoleProcess, open_process_mesh
+from trionsm._processes import ProcessMesh, RoleProcess, aliased_links, links, open_process_mesh
 
 __all__ = [
     "BRIDGE_ADDRESS",
@@ -58,7 +57,6 @@ BRIDGE_ADDRESS = "169.254.200.254"
 REGISTRY_PORT = 5002
 NSMGR_PORT = 5001
 _PREFIX_LENGTH = 24
-_ALIAS_PREFIX = "trionsm:"
 
 
 @attrs.define(eq=False)
@@ -210,23 +208,11 @@ class NetMesh:
             self._record(name)
 
     async def kill_pod(self, name: str) -> int:
-        """A pod dies: SIGKILL its process, delete its interfaces, then its namespace. The
-        process's exit status.
-
-        The interfaces go first because deleting the name does not end a namespace that a thread
-        still sits in (a forwarder's netlink handle, until it retires): its interfaces would
-        answer pings on a dead pod's behalf.
-        """
+        """A pod dies: SIGKILL its process, then delete its namespace (its interfaces go with it,
+        and the veth peers of those: nothing of the mesh keeps a deleted namespace alive). The
+        process's exit status."""
         status = await self.kill(name)
-        netns = self.pods[name].netns
-        for link in await _links(netns):
-            if link["ifname"] != "lo":  # (a veth's peer goes with it: gone already is fine)
-                await trio.run_process(
-                    ["ip", "-n", netns, "link", "del", str(link["ifname"])],
-                    check=False,
-                    capture_stderr=True,
-                )
-        await delete_netns(netns)
+        await delete_netns(self.pods[name].netns)
         return status
 
     # -- roles -----------------------------------------------------------------------------------
@@ -297,7 +283,7 @@ class NetMesh:
             if netns_exists(node.netns):
                 found += [
                     f"{node.name}: {link['ifname']}"
-                    for link in await _links(node.netns)
+                    for link in await links(node.netns)
                     if link["ifname"] not in ("lo", "eth0")
                 ]
         return found
@@ -392,33 +378,12 @@ async def find_leaks(inventory: Inventory) -> list[str]:
     return found
 
 
-async def aliased_links(netns: str | None, owners: list[str] | None = None) -> list[str]:
-    """``<interface> <alias>`` of each link with a ``trionsm:`` alias in namespace ``netns``
-    (None: the host's own), only those of forwarders ``owners`` when given."""
-    prefixes = [f"{_ALIAS_PREFIX}{owner}:" for owner in owners] if owners is not None else []
-    return [
-        f"{link['ifname']} {link['ifalias']}"
-        for link in await _links(netns)
-        if str(link.get("ifalias", "")).startswith(_ALIAS_PREFIX)
-        and (owners is None or str(link["ifalias"]).startswith(tuple(prefixes)))
-    ]
-
-
 async def link_index(netns: str, ifname: str) -> int | None:
     """The ifindex of interface ``ifname`` in namespace ``netns``; None when there is none."""
-    for link in await _links(netns):
+    for link in await links(netns):
         if link["ifname"] == ifname:
             return int(str(link["ifindex"]))
     return None
-
-
-async def _links(netns: str | None) -> list[dict[str, object]]:
-    inside = ["-n", netns] if netns is not None else []
-    done = await trio.run_process(
-        ["ip", "-j", *inside, "link", "show"], capture_stdout=True, capture_stderr=True
-    )
-    links: list[dict[str, object]] = json.loads(done.stdout or b"[]")
-    return links
 
 
 def process_start_time(pid: int) -> int | None:

@@ -75,7 +75,15 @@ from trionsm._namespaces import (
 )
 from trionsm.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
-__all__ = ["ProcessMesh", "RoleProcess", "delete_netns", "make_netns", "open_process_mesh"]
+__all__ = [
+    "ProcessMesh",
+    "RoleProcess",
+    "aliased_links",
+    "delete_netns",
+    "links",
+    "make_netns",
+    "open_process_mesh",
+]
 
 CLI = (sys.executable, "-m", "trionsm.cli")
 DEFAULT_START_TIMEOUT = 30.0
@@ -473,7 +481,7 @@ class ProcessMesh:
         found = []
         for name in self.namespaces:
             if netns_exists(name):  # checked just before its turn: a pod may die meanwhile
-                found += [f"{name}: {link}" for link in await _aliased_links(name)]
+                found += [f"{name}: {link}" for link in await aliased_links(name)]
         return found
 
     # -- teardown --------------------------------------------------------------------------------
@@ -564,16 +572,33 @@ async def open_process_mesh(
         await delete_namespaces(namespaces)
 
 
-async def _aliased_links(name: str) -> list[str]:
-    """``<interface> <alias>`` of each link in namespace ``name`` with a ``trionsm:`` alias."""
+async def links(netns: str | None) -> list[dict[str, object]]:
+    """The links of namespace ``netns`` (None: this process's own) as ``ip -j link show``
+    gives them (``ifname``, ``ifindex``, ``ifalias``...).
+
+    Raises:
+        subprocess.CalledProcessError: ``ip`` failed (the namespace is gone, say).
+    """
+    inside = ["-n", netns] if netns is not None else []
     done = await trio.run_process(
-        ["ip", "-j", "-n", name, "link", "show"], capture_stdout=True, capture_stderr=True
+        ["ip", "-j", *inside, "link", "show"], capture_stdout=True, capture_stderr=True
     )
-    links = json.loads(done.stdout or b"[]")
+    found: list[dict[str, object]] = json.loads(done.stdout or b"[]")
+    return found
+
+
+async def aliased_links(netns: str | None, owners: Sequence[str] | None = None) -> list[str]:
+    """``<interface> <alias>`` of each link with a ``trionsm:`` alias in namespace ``netns``
+    (None: this process's own), only those of forwarders ``owners`` when given."""
+    wanted = (
+        tuple(f"{_ALIAS_PREFIX}{owner}:" for owner in owners)
+        if owners is not None
+        else _ALIAS_PREFIX
+    )
     return [
         f"{link['ifname']} {link['ifalias']}"
-        for link in links
-        if str(link.get("ifalias", "")).startswith(_ALIAS_PREFIX)
+        for link in await links(netns)
+        if str(link.get("ifalias", "")).startswith(wanted)
     ]
 
 
