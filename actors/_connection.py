@@ -137,6 +137,7 @@ class ServerConnection(Actor):
 
     mailbox_size: ClassVar[int] = 16
     expected_errors: ClassVar[tuple[type[Exception], ...]] = (TrionsmError,)
+    background_tasks: ClassVar[bool] = False  # no task but its own: no nursery to hold
 
     def __init__(self, hop: ServerHop, connection_id: str) -> None:
         self.hop = hop
