@@ -14,11 +14,15 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
+from trionsm._cli.config import load_config
 from trionsm.actors.client import EventKind, open_connection
+from trionsm.actors.node import serve_node
 from trionsm.api.connection import ConnectionEventType, MonitorScopeSelector
 from trionsm.api.trionsm.admin.v1 import CrashRequest
+from trionsm.errors import DeadlineExceeded
 from trionsm.scenario import ProcessMesh, RoleProcess, open_process_mesh
 from trionsm.transport import open_client
 
@@ -165,6 +169,57 @@ async def test_a_stop_past_shutdown_timeout_exits_1_naming_what_still_runs() -> 
             # What the mesh noted about the non-zero exit is this test's expectation.
             assert [line.split(":")[0] for line in mesh.unclean] == ["node-1"]
             mesh.unclean.clear()
+            await stop(mesh, "nse-1")
+        assert mesh.leaks() == []
+
+
+async def test_embedded_a_stop_past_shutdown_timeout_raises_deadline_exceeded() -> None:
+    """``serve_node`` in this process: past the bound it raises DeadlineExceeded naming what
+    still ran, once the roles have stopped (their sockets removed as usual)."""
+    with trio.fail_after(BOUND):
+        async with open_process_mesh() as mesh:
+            directory = mesh.directory
+            config = load_config(
+                None,
+                {
+                    "": {"name": "n1", "dir": directory},
+                    "nsmgr": {"listen": (f"unix://{directory}/nsm.io.sock",)},
+                    "forwarder": {"mechanisms": ("NOOP",)},
+                },
+            )
+            config = attrs.evolve(config, shutdown_timeout=1.0)
+            raised: list[DeadlineExceeded] = []
+            node_scope, stopped = trio.CancelScope(), trio.Event()
+
+            async def run_node(*, task_status: trio.TaskStatus[Any]) -> None:
+                with node_scope:
+                    try:
+                        await serve_node(config, task_status=task_status)
+                    except DeadlineExceeded as exc:
+                        raised.append(exc)
+                    finally:
+                        stopped.set()
+
+            async with trio.open_nursery() as nursery:
+                node = await nursery.start(run_node)
+                sock = mesh.socket("nse-1")
+                args = ["nse", "--name", "nse-1", "--service", "svc", "--cidr", CIDR]
+                args += ["--listen", f"unix://{sock}", "--nsmgr", node.urls[0]]
+                nse = await mesh.start("nse-1", args, sockets=[sock])
+                assert nse.process is not None
+                async with open_connection("noop://svc/nsm-1", nsmgr=node.urls[0]):
+                    nse.process.send_signal(signal.SIGSTOP)
+                    try:
+                        node_scope.cancel()
+                        with trio.fail_after(STOP_BOUND):
+                            await stopped.wait()
+                    finally:
+                        nse.process.send_signal(signal.SIGCONT)
+            assert len(raised) == 1
+            assert raised[0].hop == "node n1"
+            assert "shutdown_timeout 1s exceeded while closing the connections" in str(raised[0])
+            assert "node/forwarder/connections/connection#1" in str(raised[0])
+            assert not (directory / "nsm.io.sock").exists()
             await stop(mesh, "nse-1")
         assert mesh.leaks() == []
 
