@@ -50,7 +50,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "<dir>/nsm.io.sock and TCP), its forwarder (unless --forwarder external) and the admin "
         "service that 'trionsm status' reads. Flags override --config. Prints 'serving URL' "
         "per listener once it serves. SIGTERM closes every connection (the endpoints see the "
-        "Close, wires are removed), unregisters and exits 0.",
+        "Close, wires are removed), unregisters and exits 0, all within --shutdown-timeout "
+        "(else exit 1 naming what still ran).",
     )
     parser.add_argument(
         "--config", type=Path, metavar="FILE", help="a TOML file (every key optional)"
