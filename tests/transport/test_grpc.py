@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -462,28 +462,32 @@ async def test_a_silent_peer_is_unavailable_not_a_hang(nursery: trio.Nursery) ->
     nursery.cancel_scope.cancel()
 
 
+async def serve_raw(
+    converse: Callable[[trio.SocketStream], Awaitable[None]],
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``converse`` for each TCP connection to a free loopback port (``started`` with it)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[1])
+
+    async def connection(sock: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError):  # the client closed first
+            await converse(sock)
+
+    await trio.serve_listeners(connection, listeners)
+
+
 @attrs.define
 class Greedy:
     """A raw HTTP/2 gRPC server answering every call with a reply declared as 1 GiB."""
 
-    port: int = 0
     sent: int = 0  # reply bytes it managed to send, as flow control let it
     resets: int = 0  # streams the client reset
     reset: trio.Event = attrs.field(factory=trio.Event)
 
     CAP = 64 << 20  # sends at most this much of the 1 GiB, then waits
 
-    async def serve(self, task_status: trio.TaskStatus[None]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._connection, listeners)
-
-    async def _connection(self, sock: trio.SocketStream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError):  # the client closed first
-            await self._converse(sock)
-
-    async def _converse(self, sock: trio.SocketStream) -> None:
+    async def converse(self, sock: trio.SocketStream) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = h2.connection.H2Connection(config=config)
         conn.initiate_connection()
@@ -519,12 +523,12 @@ class Greedy:
 async def test_a_huge_reply_is_refused_before_it_is_read(nursery: trio.Nursery) -> None:
     """grpclib would buffer a reply of any declared size; our client reads the length first."""
     greedy = Greedy()
-    await nursery.start(greedy.serve)
+    port = await nursery.start(serve_raw, greedy.converse)
     with trio.fail_after(HANG):
-        async with open_client(f"tcp://127.0.0.1:{greedy.port}") as client:
+        async with open_client(f"tcp://127.0.0.1:{port}") as client:
             with pytest.raises(ResourceExhausted, match="reply of 1073741824 bytes") as info:
                 await client.network_service.request(request())
-            assert info.value.hop == f"tcp://127.0.0.1:{greedy.port}"
+            assert info.value.hop == f"tcp://127.0.0.1:{port}"
             events = client.monitor_connection.monitor_connections(MonitorScopeSelector())
             with pytest.raises(ResourceExhausted, match="reply of 1073741824 bytes"):
                 async with events as replies:

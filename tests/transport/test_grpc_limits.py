@@ -18,7 +18,7 @@ import h2.settings
 import pytest
 import trio
 
-from tests.transport.test_grpc import HANG, grpc_frame, request
+from tests.transport.test_grpc import HANG, grpc_frame, request, serve_raw
 from trionsm.api.connection import Connection, MonitorScopeSelector, Path, PathSegment
 from trionsm.errors import ResourceExhausted
 from trionsm.transport import open_client
@@ -33,20 +33,9 @@ class Capped:
     and stays open; any other call gets a Connection and OK."""
 
     limit: int
-    port: int = 0
     open_streams: int = 0
 
-    async def serve(self, task_status: trio.TaskStatus[None]) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._connection, listeners)
-
-    async def _connection(self, sock: trio.SocketStream) -> None:
-        with contextlib.suppress(trio.BrokenResourceError):  # the client closed first
-            await self._converse(sock)
-
-    async def _converse(self, sock: trio.SocketStream) -> None:
+    async def converse(self, sock: trio.SocketStream) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = h2.connection.H2Connection(config=config)
         conn.local_settings = h2.settings.Settings(
@@ -90,8 +79,8 @@ async def test_a_stream_past_the_servers_limit_is_resource_exhausted_not_a_hang(
     live (a monitor stream lives for good): the eleventh monitor stream on a channel to a server
     allowing 10 used to hang, and every unary call after it too."""
     server = Capped(limit=10)
-    await nursery.start(server.serve)
-    target = f"tcp://127.0.0.1:{server.port}"
+    port = await nursery.start(serve_raw, server.converse)
+    target = f"tcp://127.0.0.1:{port}"
     async with open_client(target) as client, contextlib.AsyncExitStack() as streams:
         for _ in range(9):  # a tenth of the limit (one) stays free for unary calls
             events = await streams.enter_async_context(
