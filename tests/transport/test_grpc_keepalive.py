@@ -105,6 +105,7 @@ async def test_a_partition_breaks_streams_on_both_ends_within_seconds(
     assert server_noticed < 5.0
 
 
+@pytest.mark.slow
 async def test_a_process_starved_of_cpu_waits_longer_for_a_silent_peer_but_not_forever(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -186,6 +187,7 @@ async def server_process(url: str) -> AsyncIterator[tuple[trio.Process, str]]:
             await process.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["unix", "tcp"])
 async def test_a_paused_peer_process_is_waited_for(tmp_path: Path, scheme: str) -> None:
     """A node holding 10,000 connections pauses for seconds in a full garbage collection; its
@@ -211,6 +213,7 @@ async def test_a_paused_peer_process_is_waited_for(tmp_path: Path, scheme: str) 
             assert client.channel._grpc._protocol is protocol  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_a_frozen_peer_is_given_up_naming_the_silence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
