@@ -19,8 +19,14 @@ handles, one of them looks every ``watch_interval`` seconds (0.1 s) whether the 
 namespace was last reached by still names it (one stat(2): ``ip netns del`` unmounts
 ``/run/netns/<name>``, a ``/proc/<pid>`` path goes with its process), and if not, the namespace
 is forgotten: its idle handles close at once, busy ones when their job ends. And every job first
-checks the same of the path it was given, so a namespace deleted (or made again under its name)
-since is never served by an old handle: the pool is forgotten and NotFound names the namespace.
+checks the same of the path it was given (one stat(2)). A path can go stale while its namespace
+lives on: a pod's namespace recorded as ``/proc/<pid>/ns/net`` of an NSC that has since died,
+and with it the wire end we made there. So a stale path is not taken for a deleted namespace:
+the namespace is looked for again by its inode (:func:`~trionsm.kernel._netns.find_again`: the
+pool's last path, then a scan of ``/run/netns`` and other processes) and the job runs there. Only
+when no path names the inode any more is the namespace gone: the pool is forgotten, so an old
+handle never serves a namespace deleted (or made again under its name) since, and NotFound names
+the namespace.
 :meth:`Netlink.forget` lets go of a namespace on request. Reopening a handle costs a thread, a
 setns(2) and a socket (about a millisecond).
 
@@ -53,7 +59,7 @@ import trio
 from trionsm.errors import TrionsmError, Unavailable
 
 from ._handles import Handle, KernelFailure, Lane, Pool, Worker, call_on, step
-from ._netns import Namespace, check_named, is_named
+from ._netns import Namespace, check_named, find_again, is_named
 
 __all__ = [
     "Lane",
@@ -135,9 +141,15 @@ class Netlink:
         runs to completion and this call returns or raises only then (a cancellation arriving
         meanwhile is delivered at the caller's next checkpoint).
 
+        ``namespace`` is its inode: when its path no longer names it (a ``/proc/<pid>`` path
+        whose process exited) the job runs wherever another path names it now (a scan of the
+        host, in a worker thread, cancellable), and the job's ``handle.namespace`` then carries
+        that path.
+
         Raises:
             TrionsmError: the translated :class:`KernelFailure` of a step, naming ``hop``; the
-                namespace cannot be entered (NotFound, PermissionDenied, InvalidArgument).
+                namespace cannot be entered (PermissionDenied, InvalidArgument), or NotFound:
+                no path on this host names it any more.
             Unavailable: the executor is closed.
         """
         if self._closed:
@@ -226,14 +238,26 @@ class Netlink:
             )
         return pool
 
+    async def _locate(self, pool: Pool, namespace: Namespace, hop: str | None) -> Namespace:
+        """``namespace`` by a path that names it now: its own (one stat(2), the common case),
+        the one the pool last reached it by, or one a scan of the host finds by its inode.
+
+        Raises:
+            NotFound: no path names it any more (its pool is forgotten); PermissionDenied.
+        """
+        if is_named(namespace):
+            return namespace
+        if is_named(pool.namespace):  # the same inode (pools are keyed by it), found before
+            return pool.namespace
+        found = await trio.to_thread.run_sync(find_again, namespace, abandon_on_cancel=True)
+        if found is not None:
+            return found
+        pool.forget()  # else an idle handle would serve a deleted namespace
+        check_named(namespace, hop=hop)  # raises, naming the namespace and its path
+        return namespace  # named again meanwhile
+
     async def _checkout(self, pool: Pool, namespace: Namespace, hop: str | None) -> Worker:
-        try:
-            check_named(namespace, hop=hop)  # else an idle handle would serve a deleted one
-        except TrionsmError:
-            if not is_named(pool.namespace):  # not reachable by the pool's last name either
-                pool.forget()
-            raise
-        pool.namespace = namespace
+        namespace = pool.namespace = await self._locate(pool, namespace, hop)
         with pool.lock:
             if pool.idle:
                 worker = pool.idle.pop()

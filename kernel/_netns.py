@@ -37,6 +37,7 @@ __all__ = [
     "Namespace",
     "check_named",
     "enter_namespace_in_this_thread",
+    "find_again",
     "inode_url",
     "is_named",
     "resolve_namespace",
@@ -145,6 +146,29 @@ def is_named(namespace: Namespace) -> bool:
     except OSError:
         return False
     return (stat.st_dev, stat.st_ino) == namespace.key
+
+
+def find_again(namespace: Namespace) -> Namespace | None:
+    """``namespace`` with a path that names it now, or None once no path does (blocking).
+
+    ``namespace`` itself while its own path still names it (one stat(2), nothing more).
+    Otherwise the path went stale (the process of a ``/proc/<pid>`` path exited; a pod's name
+    was moved) but the namespace may live on under another name: the host is scanned for its
+    inode as for an ``inode://`` URL (``/run/netns`` first, then other processes and their
+    threads, never this process's threads, which would keep it alive), and the first path found
+    comes back as ``file://<path>``. None means that no path names it: it is gone for good (or
+    held only by open descriptors, which no one can enter by name either). Enters nothing.
+
+    The kernel reuses namespace inode numbers once a namespace is freed, so a namespace found
+    this way long after the original went may be another one: callers act on what they find
+    there only after checking it is theirs (an interface by index *and* alias).
+    """
+    if is_named(namespace):
+        return namespace
+    path = _scan_for(namespace.key)
+    if path is None:
+        return None
+    return Namespace(url=f"file://{path}", path=path, dev=namespace.dev, ino=namespace.ino)
 
 
 def check_named(namespace: Namespace, *, hop: str | None = None) -> None:

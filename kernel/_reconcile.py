@@ -214,7 +214,8 @@ async def inspect_wire(
 ) -> Inspection:
     """Read the interfaces named by ``plan`` in the two namespaces and compare them with it.
 
-    Two lookups at once (``PROBE`` lane); nothing is changed.
+    Two lookups at once (``PROBE`` lane); nothing is changed. A recorded :class:`Namespace`
+    whose path went stale is found again by its inode (see :meth:`Netlink.run`).
 
     Raises:
         NotFound, PermissionDenied, InvalidArgument: a namespace is missing or cannot be entered.
@@ -313,8 +314,11 @@ async def remove_interfaces(
 ) -> int:
     """Delete exactly these interfaces: each by its namespace and index, and only if it still
     carries its alias (checked just before, on the same handle); the policy rules pointing at
-    them go too. Idempotent: gone already (or its namespace gone) is fine. One ``TEARDOWN`` job
-    per namespace, the namespaces concurrently.
+    them go too. Idempotent: gone already (or its namespace gone) is fine. A namespace whose
+    recorded path went stale (a ``/proc/<pid>`` path of a process that exited) is found again by
+    its inode and its interfaces removed there; only a namespace no path names any more counts
+    as gone (see :meth:`Netlink.run`). One ``TEARDOWN`` job per namespace, the namespaces
+    concurrently.
 
     Returns:
         How many interfaces were deleted (the peer of a deleted veth goes along uncounted).
@@ -333,7 +337,8 @@ async def remove_interfaces(
 
     async def remove(namespace: Namespace, targets: list[tuple[int, str]]) -> None:
         job = partial(_remove_exact, targets=tuple(targets))
-        with contextlib.suppress(NotFound):  # the namespace went, and the interfaces with it
+        # NotFound: no path names the namespace any more; it went, and the interfaces with it
+        with contextlib.suppress(NotFound):
             removed.append(await netlink.run(namespace, job, lane=Lane.TEARDOWN, hop=hop))
 
     async with trio.open_nursery() as nursery:

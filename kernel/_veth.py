@@ -257,7 +257,9 @@ async def check_wire(
     namespace has an interface of that name and index that carries the wire's alias
     (``alias``, by default ``alias_for(wire.connection_id)``) and is up: a wire made again in
     its place is another wire. A lookup by name in each namespace, concurrently, in the
-    ``PROBE`` lane; a namespace that is gone counts as a missing end.
+    ``PROBE`` lane. An end's namespace whose recorded path went stale (its process exited) is
+    found again by its inode; one that no path names any more is gone and counts as a missing
+    end.
 
     Raises:
         PermissionDenied, InvalidArgument: a namespace that cannot be entered.
