@@ -221,6 +221,9 @@ class Actor:
         mailbox_size: bound of the mailbox (messages waiting, not counting the one being handled).
         expected_errors: exception types that ``handle`` raises as error replies instead of
         crashing.
+        background_tasks: False for an actor that starts no task of its own: it then runs in one
+        cancel scope, which is also its deadline's while it waits, instead of a nursery and a
+        scope per wait (no :attr:`nursery`; a node holds thousands of such actors).
 
     Instances are made by a factory on every incarnation; keep all state on ``self``.
     """
@@ -243,8 +246,7 @@ class Actor:
         """The incarnation's nursery, for background tasks (timers, watchers).
 
         A background task that raises crashes the incarnation. All are cancelled when it stops.
-        An actor class with ``background_tasks = False`` has none (AttributeError): it runs in
-        a cancel scope alone, which costs less (a node holds thousands of connection actors).
+        An actor class with ``background_tasks = False`` has none (AttributeError).
         """
         return self._nursery
 
@@ -305,6 +307,16 @@ async def _next(actor: Actor, mailbox: _Mailbox) -> tuple[Any, _Pending | None] 
     deadline = actor._deadline
     if deadline == math.inf:
         return await mailbox.get()
+    if deadline > trio.current_time() and not actor.background_tasks:
+        # One scope less per idle actor: the deadline is the incarnation scope's while waiting.
+        # When it passes, that scope ends; serve_actor enters a new one and comes back here.
+        scope = actor._waiting = actor._scope
+        scope.deadline = deadline
+        try:
+            return await mailbox.get()
+        finally:
+            actor._waiting = None
+            scope.deadline = math.inf
     if deadline > trio.current_time():
         with trio.CancelScope(deadline=deadline) as scope:
             actor._waiting = scope
@@ -343,7 +355,10 @@ async def _handle_loop(actor: Actor, mailbox: _Mailbox) -> None:
             else:
                 if pending is not None:
                     pending.resolve(result)
+                del result
             mailbox.pending = None
+            # an idle actor must not keep its last message (and its reply) alive
+            del item, message, pending
         actor._handling = False
         if actor._stopping:
             actor._scope.cancel()
@@ -357,6 +372,19 @@ async def _run_incarnation(
     ref._mailbox = mailbox
     task_status.started(ref)
     await _handle_loop(actor, mailbox)
+
+
+async def _run_lean(
+    actor: Actor, ref: ActorRef, mailbox: _Mailbox, task_status: trio.TaskStatus[ActorRef]
+) -> None:
+    """An incarnation without a nursery: one cancel scope, also its deadline while it waits."""
+    with trio.CancelScope() as actor._scope:
+        await _run_incarnation(actor, ref, mailbox, task_status)
+        return
+    while not actor._stopping:  # the deadline passed while it waited: go on in a new scope
+        with trio.CancelScope() as actor._scope:
+            await _handle_loop(actor, mailbox)
+            return
 
 
 async def serve_actor(
@@ -387,8 +415,7 @@ async def serve_actor(
     try:
         try:
             if not actor.background_tasks:
-                with trio.CancelScope() as actor._scope:
-                    await _run_incarnation(actor, ref, mailbox, task_status)
+                await _run_lean(actor, ref, mailbox, task_status)
             else:
                 async with trio.open_nursery() as nursery:
                     actor._nursery, actor._scope = nursery, nursery.cancel_scope

@@ -3,6 +3,7 @@ and the same behaviour as any actor: replies, error replies, crashes, stop, dead
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import pytest
@@ -69,3 +70,60 @@ async def test_a_lean_actor_has_its_deadline_and_no_nursery(autojump_clock: obje
     assert log[-1] == ("expired", start + 15.0)
     with pytest.raises(AttributeError):
         LeanLease(log).nursery  # noqa: B018
+
+
+async def test_a_lean_actor_queued_renewal_wins_over_its_deadline(autojump_clock: object) -> None:
+    log: list[Any] = []
+    ref = ActorRef("lease")
+    async with open_supervisor(
+        [actor_spec("lease", LeanLease, log, ref=ref, restart=Restart.TEMPORARY)]
+    ):
+        start = trio.current_time()
+        await ref.call(Slow(1.0))
+        ref.cast(Add(5))  # busy past the deadline...
+        ref.cast(Slow(10.0))  # ...with a renewal queued behind it: not expired
+        await wait_until(lambda: not ref.alive)
+    assert [entry[0] for entry in log] == ["renewed", "busy", "renewed", "expired"]
+    assert log[-1] == ("expired", start + 15.0)
+
+
+class Ticker(Lean):
+    """Re-arms its deadline three times, then stops re-arming; still answers calls."""
+
+    def __init__(self, log: list[Any]) -> None:
+        super().__init__(log)
+        self.ticks = 0
+
+    async def init(self) -> None:
+        self.set_deadline(trio.current_time() + 1.0)
+
+    async def on_deadline(self) -> None:
+        self.ticks += 1
+        self.log.append(("tick", trio.current_time()))
+        if self.ticks < 3:
+            self.set_deadline(trio.current_time() + 1.0)
+
+
+async def test_a_lean_actor_goes_on_after_each_deadline(autojump_clock: object) -> None:
+    log: list[Any] = []
+    ref = ActorRef("ticker")
+    async with open_supervisor([actor_spec("ticker", Ticker, log, ref=ref)]):
+        start = trio.current_time()
+        await wait_until(lambda: len(log) == 3)
+        assert await ref.call(Add(4)) == 4
+        assert ref.alive
+    assert log[:3] == [("tick", start + 1.0), ("tick", start + 2.0), ("tick", start + 3.0)]
+    assert log[-1] == ("terminate", "Cancelled")
+
+
+@pytest.mark.parametrize("actor", [Counter, Lean])
+async def test_an_idle_actor_keeps_no_message_alive(actor: type[Counter]) -> None:
+    """A node holds thousands of idle connection actors: each kept its last Request."""
+    log: list[Any] = []
+    ref = ActorRef("counter")
+    async with open_supervisor([actor_spec("counter", actor, log, ref=ref)]):
+        message = Add(7)
+        gone = weakref.ref(message)
+        assert await ref.call(message) == 7
+        del message
+        assert gone() is None
