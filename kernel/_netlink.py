@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import itertools
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -71,6 +73,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+_JOIN_BOUND = 10.0
+"""Seconds :meth:`Netlink.aclose` waits for stopped handle threads to exit (closing a netlink
+socket takes microseconds; only a thread stuck in the kernel takes longer)."""
 
 
 @attrs.frozen
@@ -122,6 +128,8 @@ class Netlink:
         self._pools: dict[tuple[int, int], Pool] = {}
         self._limiters = {lane: trio.CapacityLimiter(limits.total(lane)) for lane in Lane}
         self._calls = itertools.count()
+        self._threads: list[threading.Thread] = []  # every handle thread not known to be done
+        self._prune_at = 64
         self._jobs = 0
         self._closed = False
         self._quiet = trio.Event()
@@ -194,7 +202,7 @@ class Netlink:
         """Let go of ``namespace`` now: its idle handles close at once, busy ones when their job
         ends; later jobs open new handles. For a namespace about to be deleted or no longer
         needed (one already deleted is let go of within ``watch_interval`` anyway). Never
-        blocks; the threads exit on their own."""
+        blocks; the threads exit on their own (:meth:`aclose` joins them)."""
         pool = self._pools.get(namespace.key)
         if pool is not None:
             pool.forget()
@@ -209,10 +217,14 @@ class Netlink:
         return NetlinkStatistics(len(self._pools), handles, idle, self._jobs)
 
     async def aclose(self) -> None:
-        """Refuse new jobs, wait for running ones, then stop every handle thread and join it.
+        """Refuse new jobs, wait for running ones, then stop every handle thread and join it:
+        the idle ones and those already retired (forgotten, idle too long, or stopped after an
+        unexpected failure) that may still be closing their socket.
 
-        Returns once every netlink socket is closed and no thread holds a namespace.
-        Cancellable while waiting for running jobs.
+        Returns once every netlink socket is closed and no thread holds a namespace, unless a
+        thread is still stuck in the kernel after ``_JOIN_BOUND`` seconds of joining (it is left
+        behind, a daemon). Cancellable while waiting for running jobs; the join runs in a worker
+        thread and is not.
         """
         self._closed = True
         await self._quiet.wait()
@@ -224,8 +236,8 @@ class Netlink:
         self._pools.clear()
         for worker in workers:
             worker.stop()
-        for worker in workers:
-            await trio.to_thread.run_sync(worker.thread.join)
+        threads, self._threads = self._threads, []
+        await trio.to_thread.run_sync(_join, threads, _JOIN_BOUND)  # waited for if cancelled
 
     def _pool_for(self, namespace: Namespace) -> Pool:
         if next(self._calls) % 64 == 63:  # drop pools of namespaces nobody used lately
@@ -270,12 +282,21 @@ class Netlink:
             with pool.lock:
                 pool.size -= 1
             raise
+        self._track(worker.thread)
         try:
             await call_on(worker, lambda: worker.enter(namespace, hop))
         except BaseException:
             self._checkin(worker, healthy=False)
             raise
         return worker
+
+    def _track(self, thread: threading.Thread) -> None:
+        """Remember ``thread`` for :meth:`aclose`; drop the finished ones now and then (when the
+        list has doubled since), so the list stays about as long as the live threads."""
+        self._threads.append(thread)
+        if len(self._threads) >= self._prune_at:
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._prune_at = max(2 * len(self._threads), 64)
 
     def _checkin(self, worker: Worker, *, healthy: bool) -> None:
         pool = worker.pool
@@ -286,6 +307,13 @@ class Netlink:
                 return
             pool.size -= 1
         worker.stop()  # not reused: its job failed unexpectedly, or its pool was forgotten
+
+
+def _join(threads: list[threading.Thread], bound: float) -> None:
+    """Join ``threads``, within ``bound`` seconds for all of them (blocking)."""
+    deadline = time.monotonic() + bound
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 _DEFAULT: trio.lowlevel.RunVar[Netlink] = trio.lowlevel.RunVar("trionsm_netlink")

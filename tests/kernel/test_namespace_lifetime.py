@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 import trio
@@ -34,6 +35,7 @@ from trionsm.kernel import (
     ping,
     resolve_namespace,
 )
+from trionsm.kernel._handles import Handle
 from trionsm.scenario import open_mesh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
@@ -257,3 +259,50 @@ async def answers(netlink: Netlink | None, client_url: str, conn: ClientConnecti
     assert ip_context is not None
     target = ip_context.dst_ip_addrs[0].split("/")[0]
     return await ping(client_url, target, timeout=0.2, netlink=netlink)
+
+
+async def test_close_joins_handles_retired_before_it(host: Host) -> None:
+    """Handles retired by :meth:`Netlink.forget`, by a forget while busy, or by a job that failed
+    unexpectedly are stopped but still closing when ``aclose`` starts: it must wait for them too.
+    Each closes its socket slowly here (fault injection), so an unjoined one is still seen."""
+    idle, busy, failed = [await resolve_namespace(await host.netns()) for _ in range(3)]
+
+    def slow_close(handle: Handle) -> None:
+        close = handle.ipr.close
+
+        def closing() -> None:
+            time.sleep(0.2)  # fault injection: the handle takes a while to let go
+            close()
+
+        handle.ipr.close = closing
+
+    def broken(handle: Handle) -> None:
+        slow_close(handle)
+        raise RuntimeError("fault injection: a job failing unexpectedly retires its handle")
+
+    netlink = Netlink(NetlinkLimits(idle_timeout=600.0, watch_interval=600.0))
+    with trio.fail_after(BOUND):
+        await netlink.run(idle, slow_close)
+        netlink.forget(idle)  # stopped at once, not joined
+
+        started, release = trio.Event(), trio.Event()
+        token = trio.lowlevel.current_trio_token()
+
+        def blocked(handle: Handle) -> None:
+            slow_close(handle)
+            trio.from_thread.run_sync(started.set, trio_token=token)
+            trio.from_thread.run(release.wait, trio_token=token)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(netlink.run, busy, blocked)
+            await started.wait()
+            netlink.forget(busy)  # retired when its job ends
+            release.set()
+        with pytest.raises(RuntimeError, match="fault injection"):
+            await netlink.run(failed, broken)
+
+        await netlink.aclose()
+    held = {
+        name: holders(n.key) for name, n in [("idle", idle), ("busy", busy), ("failed", failed)]
+    }
+    assert held == {"idle": [], "busy": [], "failed": []}
