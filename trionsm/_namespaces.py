@@ -4,8 +4,9 @@ The in-process mesh (:mod:`trionsm.scenario`) and the process mesh (:mod:`trions
 both make namespaces with ``ip netns add`` under ``/run/netns`` and must delete exactly those
 when they exit, never others that match a pattern. Each keeps the names it made in a list; the
 functions here make a namespace and record its name in such a list (before ``ip`` runs, so a
-namespace whose making was cancelled half-way is still deleted), delete by exact name, and say
-which of the recorded names still exist.
+namespace whose making was cancelled half-way is still deleted; a name ``ip`` refused, taken by
+someone else, is dropped again), delete by exact name, and say which of the recorded names still
+exist.
 """
 
 from __future__ import annotations
@@ -33,17 +34,28 @@ def netns_name(url: str) -> str:
 
 
 async def create_netns(name: str, *, into: list[str] | None = None) -> None:
-    """Make the namespace ``name`` (``ip netns add``), first appending ``name`` to ``into``.
+    """Make the namespace ``name`` (``ip netns add``), recording ``name`` in ``into``.
 
+    The name is appended before ``ip`` runs, so a creation cancelled half-way is still deleted
+    with the rest; a refused one is dropped again, so a namespace of that name made by someone
+    else is never deleted for us. A name taken already is refused without running ``ip``.
     Blocks until ``ip`` has returned.
 
     Raises:
         subprocess.CalledProcessError: ``ip`` refused (not root, the name taken); its stderr
             says why.
     """
+    command = ["ip", "netns", "add", name]
+    if netns_exists(name):  # someone else's: never recorded, not even for a moment
+        raise subprocess.CalledProcessError(1, command, stderr=b"the name is taken already")
     if into is not None:
         into.append(name)
-    await trio.run_process(["ip", "netns", "add", name], capture_stderr=True)
+    try:
+        await trio.run_process(command, capture_stderr=True)
+    except subprocess.CalledProcessError:  # not made by us: not ours to delete
+        if into is not None:
+            del into[len(into) - 1 - into[::-1].index(name)]
+        raise
 
 
 async def make_netns(prefix: str = "tnsm-", *, into: list[str] | None = None) -> str:

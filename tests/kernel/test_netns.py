@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import trio
 
 from tests.netns import Host
+from trionsm._namespaces import create_netns, delete_namespaces, netns_exists
 from trionsm.errors import InvalidArgument, NotFound
 from trionsm.kernel import inode_url, resolve_namespace
 from trionsm.kernel._netns import check_named, is_named
@@ -120,3 +122,35 @@ async def test_files_that_are_not_network_namespaces(tmp_path: Path) -> None:
 async def test_malformed_urls(url: str) -> None:
     with pytest.raises(InvalidArgument, match="network namespace"):
         await resolve_namespace(url, hop="test")
+
+
+async def test_a_mesh_never_records_a_namespace_it_was_refused() -> None:
+    """A name taken already is someone else's namespace: the mesh's teardown must not delete it."""
+    name = f"tnsm-{secrets.token_hex(4)}"
+    await trio.run_process(["ip", "netns", "add", name])
+    try:
+        made: list[str] = []
+        with pytest.raises(subprocess.CalledProcessError):
+            await create_netns(name, into=made)
+        assert made == []
+        with pytest.raises(subprocess.CalledProcessError):  # refused by ``ip`` itself
+            await create_netns(f"{name}/x", into=made)
+        assert made == []
+        await delete_namespaces(made)  # the mesh's teardown
+        assert netns_exists(name)
+    finally:
+        await trio.run_process(["ip", "netns", "del", name])
+
+
+async def test_a_mesh_records_a_namespace_whose_making_was_cancelled() -> None:
+    """Cancelled while ``ip`` may already have made it: recorded, so teardown deletes it."""
+    name = f"tnsm-{secrets.token_hex(4)}"
+    made: list[str] = []
+    try:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await create_netns(name, into=made)
+        assert made == [name]
+    finally:
+        await delete_namespaces([name])
+    assert not netns_exists(name)
