@@ -41,8 +41,13 @@ Guarantees:
 * Nothing here keeps a deleted namespace (and the interfaces in it) alive: handle threads retire
   after 1 s of quiet, and within ``watch_interval`` (0.1 s) of a namespace losing its name
   (``ip netns del``, its process exiting); every job first checks that its namespace's path
-  still names it (else NotFound), so a namespace deleted or made again under its name is never
-  served by an old handle; ping sockets close before :func:`ping` returns.
+  still names it, so a namespace deleted or made again under its name is never served by an old
+  handle; ping sockets close before :func:`ping` returns. ``Netlink.aclose`` (the end of
+  :func:`open_netlink`) returns only once every handle thread it started has exited.
+* A :class:`Namespace` is its inode, not its path: a recorded one whose path went stale (the
+  ``/proc/<pid>/ns/net`` of an NSC that died while its pod's namespace lives on) is found again
+  by its inode for every later job (removal, :func:`check_wire`, inspection), so its wire ends
+  are still removed; NotFound (gone, nothing to remove) only once no path on the host names it.
 * Kernel work for different connections runs concurrently; creations (``SETUP``), removals
   (``TEARDOWN``) and pings (``PROBE``) have separate capacities, so a request never queues behind
   a backlog of teardowns.
@@ -51,7 +56,10 @@ Guarantees:
 * Failures are :mod:`trionsm.errors` classes naming the hop, the namespace, the interface and the
   cause: InvalidArgument (bad input, before any change), NotFound and PermissionDenied
   (namespaces), AlreadyExists (a taken name or address).
-* Calls are cancellable; a kernel step that has started runs to its end first.
+* Calls are cancellable; a kernel step that has started runs to its end first. So a pyroute2
+  call that never returns (a kernel that never answers a netlink request) holds its caller, its
+  lane's capacity and ``Netlink.aclose`` for as long: nothing here bounds it but the process's
+  own shutdown bound (a node's ``shutdown_timeout``), past which the process exits.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ interface in it. So while a pool has idle workers, one of them looks every ``wat
 seconds whether the path the pool was last reached by still names its namespace (a stat(2));
 once it does not (``ip netns del``, the pod's process exited) the pool is *forgotten*: its idle
 workers stop at once and the busy ones when their job ends (:meth:`Pool.forget`).
+
+A job is never abandoned once started (:func:`call_on` waits for it, shielded), and a pyroute2
+call has no timeout of its own: 0.9.7's sync API waits on an asyncio queue fed by a
+non-blocking datagram transport, so a socket receive timeout (``SO_RCVTIMEO``) has no effect,
+and cutting a request short would leave a kernel change in an unknown state. A call that never
+returns therefore holds its worker, its caller and ``Netlink.aclose`` until the process's own
+shutdown bound (a node's ``shutdown_timeout``) ends the process; the kernel answers rtnetlink
+requests, so this takes a kernel bug.
 """
 
 from __future__ import annotations
