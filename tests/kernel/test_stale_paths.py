@@ -20,9 +20,11 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from tests.kernel.test_namespace_lifetime import name_of
 from tests.netns import Host
 from trionsm.errors import NotFound
 from trionsm.kernel import (
+    Interface,
     KernelWire,
     Netlink,
     WireEnd,
@@ -40,10 +42,6 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for networ
 
 BOUND = 10.0
 """Seconds any step may take before the test fails (a hang guard: each takes milliseconds)."""
-
-
-def name_of(url: str) -> str:
-    return url.removeprefix("file:///run/netns/")
 
 
 @asynccontextmanager
@@ -70,27 +68,37 @@ async def kill(process: trio.Process) -> None:
         await process.wait()
 
 
+async def recorded_after_its_process(netlink: Netlink, url: str, ifname: str) -> Interface:
+    """``ifname`` in the namespace ``url`` as read through the ``/proc/<pid>/ns/net`` path of a
+    process in it, and that process killed: the interface's recorded path is stale."""
+    async with process_in(url) as process:
+        namespace = await resolve_namespace(f"file:///proc/{process.pid}/ns/net")
+        assert namespace.key == (await resolve_namespace(url)).key
+        end = await lookup(namespace, ifname, netlink=netlink)
+        assert end is not None
+        await kill(process)
+    assert not await trio.Path(namespace.path).exists()
+    return end
+
+
+async def aliased_veth(host: Host, url: str, ifname: str, alias: str) -> None:
+    """A veth pair ``ifname`` / ``peer-<ifname>`` in ``url``, ``ifname`` carrying ``alias``."""
+    await host.run(url, "link", "add", ifname, "type", "veth", "peer", "name", f"peer-{ifname}")
+    await host.run(url, "link", "set", ifname, "alias", alias)
+
+
 async def test_an_end_in_a_namespace_that_outlived_its_recorded_path_is_removed(
     host: Host, netlink: Netlink
 ) -> None:
     url = await host.netns()
     alias = alias_for("stale-1")
-    await host.run(url, "link", "add", "nsm-1", "type", "veth", "peer", "name", "peer-1")
-    await host.run(url, "link", "set", "nsm-1", "alias", alias)
-    async with process_in(url) as process:
-        namespace = await resolve_namespace(f"file:///proc/{process.pid}/ns/net")
-        assert namespace.key == (await resolve_namespace(url)).key
-        end = await lookup(namespace, "nsm-1", netlink=netlink)
-        assert end is not None
-        await kill(process)
-    assert not await trio.Path(
-        namespace.path
-    ).exists()  # the recorded path is stale; the namespace lives
+    await aliased_veth(host, url, "nsm-1", alias)
+    end = await recorded_after_its_process(netlink, url, "nsm-1")
 
     with trio.fail_after(BOUND):
-        assert await remove_interfaces([(namespace, end.index, alias)], netlink=netlink) == 1
+        assert await remove_interfaces([(end.namespace, end.index, alias)], netlink=netlink) == 1
     assert "nsm-1" not in await host.links(url)
-    assert "peer-1" not in await host.links(url)
+    assert "peer-nsm-1" not in await host.links(url)
 
 
 async def test_a_vxlan_end_in_a_namespace_that_outlived_its_recorded_path_is_removed(
@@ -102,13 +110,9 @@ async def test_a_vxlan_end_in_a_namespace_that_outlived_its_recorded_path_is_rem
     add = ["link", "add", "nsm-2", "type", "vxlan", "id", "4242", "dstport", "4789"]
     await host.run(url, *add)
     await host.run(url, "link", "set", "nsm-2", "alias", alias)
-    async with process_in(url) as process:
-        namespace = await resolve_namespace(f"file:///proc/{process.pid}/ns/net")
-        end = await lookup(namespace, "nsm-2", netlink=netlink)
-        assert end is not None
-        assert end.tunnel is not None
-        assert end.tunnel.vni == 4242
-        await kill(process)
+    end = await recorded_after_its_process(netlink, url, "nsm-2")
+    assert end.tunnel is not None
+    assert end.tunnel.vni == 4242
 
     with trio.fail_after(BOUND):
         assert await remove_interfaces([end], netlink=netlink) == 1
@@ -147,20 +151,16 @@ async def test_a_namespace_no_path_names_any_more_counts_as_gone(
     """Deleted for real: removal is a no-op, the check says the wire is broken, a job NotFound."""
     url = await host.netns()
     alias = alias_for("stale-4")
-    await host.run(url, "link", "add", "nsm-4", "type", "veth", "peer", "name", "peer-4")
-    await host.run(url, "link", "set", "nsm-4", "alias", alias)
-    async with process_in(url) as process:
-        namespace = await resolve_namespace(f"file:///proc/{process.pid}/ns/net")
-        end = await lookup(namespace, "nsm-4", netlink=netlink)
-        assert end is not None
-        netlink.forget(namespace)
-        await trio.run_process(["ip", "netns", "del", name_of(url)])
-        await kill(process)
-    peer = WireEnd(namespace, "peer-4", end.index + 1)
+    await aliased_veth(host, url, "nsm-4", alias)
+    end = await recorded_after_its_process(netlink, url, "nsm-4")
+    namespace = end.namespace
+    netlink.forget(namespace)
+    await trio.run_process(["ip", "netns", "del", name_of(url)])  # only our handles hold it now
+    peer = WireEnd(namespace, "peer-nsm-4", end.index + 1)
     wire = KernelWire("stale-4", WireEnd(namespace, "nsm-4", end.index), peer, 0)
 
     with trio.fail_after(BOUND):
         assert await remove_interfaces([(namespace, end.index, alias)], netlink=netlink) == 0
         assert not await check_wire(wire, netlink=netlink)
-        with pytest.raises(NotFound, match=f"/proc/{process.pid}/ns/net"):
+        with pytest.raises(NotFound, match=namespace.path):
             await netlink.run(namespace, lambda _: None, hop="test")
