@@ -52,14 +52,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+import trio
 
 from trionsm.api.connection import Mechanism
 from trionsm.api.connectioncontext import ConnectionContext, IpContext
-from trionsm.errors import AlreadyExists, FailedPrecondition, InvalidArgument, TrionsmError
+from trionsm.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    TrionsmError,
+)
 
 from ._mechanisms import KERNEL, VXLAN, Param, check_interface_name, describe, vxlan_port
 
@@ -74,9 +81,14 @@ if TYPE_CHECKING:
         WireAlias,
     )
 
-__all__ = ["DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
+__all__ = ["REMOVE_TIMEOUT", "DataPlane", "VxlanSpec", "Wire", "WireSpec", "open_dataplane"]
 
 log = logging.getLogger("trionsm.actors.dataplane")
+
+REMOVE_TIMEOUT = 60.0
+"""Seconds a wire's removal may take, whatever bounds the Request or Close that asked for it:
+hundreds of Closes at once queue behind the executor's teardown lane, and a removal cut short by
+its caller's own bound would leave the wire behind with no connection left to remove it."""
 
 DEFAULT_CLIENT_INTERFACE = "nsm-1"
 """The client end's name when the incoming mechanism names none (as ``trionsm.kernel``)."""
@@ -379,22 +391,28 @@ class DataPlane:
         hop: str,
         service: str,
         adopt: bool = False,
+        forget: Callable[[Wire], None] | None = None,
     ) -> Wire:
         """The wire of ``spec``: ``current`` if it is that wire and still whole; else a leftover
         (veth pair or vxlan end) that is exactly that wire, adopted as it is (no flap); else a
-        new one,
-        ``current`` and this client connection's stale interfaces under its names removed first.
-        Cancellable: a creation cut short leaves nothing.
+        new one, ``current`` and this client connection's stale interfaces under its names
+        removed first. ``current`` is removed as by :meth:`remove_within` (shielded, bounded:
+        a cancellation meanwhile waits for it), and ``forget(current)`` is called once it is
+        gone, not before: the caller keeps the wire until then, to remove it later if need be.
+        Cancellable otherwise: a creation cut short leaves nothing.
 
         Args:
             adopt: look for a leftover before creating (the forwarder restarted and may hold
                 one); without it, one is looked for only when the creation finds a name taken.
+            forget: called with ``current`` once it has been removed.
 
         Raises:
             AlreadyExists: a name is held by another connection's wire or by an interface we did
                 not make (naming its owner).
+            DeadlineExceeded: removing ``current`` took over :data:`REMOVE_TIMEOUT` (it may
+                remain; it was not forgotten).
             TrionsmError: the kernel's typed error, naming the wire, the service and the cause;
-                nothing of the new wire remains (``current`` may have been removed already).
+                nothing of the new wire remains (``current`` is forgotten only if removed).
         """
         from trionsm.kernel import check_wire
 
@@ -407,7 +425,9 @@ class DataPlane:
                     )
             if whole:
                 return current
-            await self.remove(current, hop=hop, service=service)
+            await self.remove_within(current, hop=hop, service=service)
+            if forget is not None:
+                forget(current)
         try:
             if adopt:
                 adopted, _ = await self._take_over(spec, hop)
@@ -507,6 +527,32 @@ class DataPlane:
             await remove_interfaces(ends, hop=hop, netlink=self.netlink)
         except TrionsmError as exc:
             raise _about(exc, f"removing the wire {wire.spec.description}", service) from exc
+
+    async def remove_within(
+        self,
+        wire: Wire,
+        *,
+        hop: str,
+        service: str | None = None,
+        timeout: float = REMOVE_TIMEOUT,  # noqa: ASYNC109
+    ) -> None:
+        """:meth:`remove`, shielded and bounded by ``timeout``: a cancellation of the caller
+        meanwhile waits for the removal (then takes effect), so a removal once asked for is
+        never cut short by its caller's bound.
+
+        Raises:
+            DeadlineExceeded: the removal took over ``timeout`` (the wire may remain).
+            TrionsmError: as :meth:`remove`.
+        """
+        with trio.move_on_after(timeout, shield=True) as scope:
+            await self.remove(wire, hop=hop, service=service)
+        if scope.cancelled_caught:
+            raise DeadlineExceeded(
+                f"removing the wire {wire.spec.description} took over {timeout:.0f} s "
+                "(the kernel's teardown lane is stuck)",
+                hop=hop,
+                service=service,
+            )
 
 
 @contextlib.asynccontextmanager

@@ -46,7 +46,6 @@ from trionsm.api.networkservice import NetworkServiceRequest
 from trionsm.api.registry import NetworkServiceEndpoint
 from trionsm.clock import Clock
 from trionsm.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -60,7 +59,7 @@ from trionsm.supervision import (
 )
 
 from ._connection import CLOSE_TIMEOUT, NextHop, ServerConnection, ServerHop, _Close
-from ._dataplane import DataPlane, VxlanSpec, Wire, WireSpec
+from ._dataplane import REMOVE_TIMEOUT, DataPlane, VxlanSpec, Wire, WireSpec
 from ._mechanisms import (
     DEFAULT_VXLAN_PORT,
     KERNEL,
@@ -92,10 +91,6 @@ VNI_ATTEMPTS = 4
 """Times a remote wire is tried with a new VNI when the kernel refuses one (VniInUse)."""
 STOP_TIMEOUT = 2 * CLOSE_TIMEOUT
 """Seconds a stopping forwarder gives its connections to close (unless it keeps its data plane)."""
-REMOVE_TIMEOUT = 60.0
-"""Seconds a wire's removal may take, whatever bounds the Close that asked for it: hundreds of
-Closes at once queue behind the executor's teardown lane, and a removal cut short by the Close's
-own bound would leave the wire behind with no connection left to remove it."""
 
 
 class Forwarder(ServerHop):
@@ -133,6 +128,9 @@ class Forwarder(ServerHop):
         self.registry: Any = None  # a Client to the nsmgr's registry front
         self.discovery = Discovery()  # cached look-ups through it
         self.reconciler: Reconciler | None = None  # a restarted forwarder's leftovers, if any
+        # Each live connection's wire, by connection id (as in its actor's state, "wire"): what
+        # a reconcile scan must never remove.
+        self.wires: dict[str, Wire] = {}
         self._remote = remote or (lambda url: not is_local_url(url))
 
     def _outgoing_preferences(
@@ -226,6 +224,26 @@ class Forwarder(ServerHop):
 
     def release(self, actor: ServerConnection) -> None:
         self.vnis.release(actor.id)
+        # The connection ends (or starts over): a wire it still holds is nobody's now, a
+        # leftover for reconcile to find.
+        wire = actor.state.get("wire")
+        if wire is not None:
+            self._forget_wire(actor, wire)
+
+    def live_wires(self) -> list[Wire]:
+        """The wires the live connections hold now (a reconcile scan keeps them)."""
+        return list(self.wires.values())
+
+    def _hold_wire(self, actor: ServerConnection, wire: Wire) -> None:
+        actor.state["wire"] = wire
+        self.wires[actor.id] = wire
+
+    def _forget_wire(self, actor: ServerConnection, wire: Wire) -> None:
+        """``wire`` is gone (or nobody's): the connection no longer holds it."""
+        if actor.state.get("wire") is wire:
+            del actor.state["wire"]
+        if self.wires.get(actor.id) is wire:
+            del self.wires[actor.id]
 
     async def _check_kernel(self, incoming: Mechanism, service: str) -> DataPlane:
         if self.dataplane is None:
@@ -355,13 +373,15 @@ class Forwarder(ServerHop):
             for attempt in range(VNI_ATTEMPTS):
                 spec = self._spec(dataplane, actor, incoming, reply)
                 try:  # adopts a leftover of a previous life and claims it, if any
+                    # The current wire stays the connection's until its removal is through.
                     wire: Wire = await ensure_wire(
                         dataplane,
-                        actor.state.pop("wire", None),
+                        actor.state.get("wire"),
                         spec,
                         reconciler=self.reconciler,
                         hop=self.name,
                         service=service,
+                        forget=partial(self._forget_wire, actor),
                     )
                     break
                 except VniInUse:
@@ -376,7 +396,7 @@ class Forwarder(ServerHop):
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await self._abandon(actor, url, reply)
             raise
-        actor.state["wire"] = wire
+        self._hold_wire(actor, wire)
         made = {} if incoming.type == VXLAN else {Param.NAME: wire.ifname}
         if wire.mtu:
             made[Param.MTU] = str(wire.mtu)
@@ -450,19 +470,18 @@ class Forwarder(ServerHop):
             )
 
     async def _remove_wire(self, actor: ServerConnection) -> None:
-        wire = actor.state.pop("wire", None)
+        """Remove the connection's wire, shielded within ``REMOVE_TIMEOUT`` (the Close's own
+        bound may pass meanwhile); the connection holds it until it is gone.
+
+        Raises:
+            DeadlineExceeded, TrionsmError: as :meth:`DataPlane.remove_within` (the wire kept).
+        """
+        wire = actor.state.get("wire")
         if wire is None or self.dataplane is None:
             return
-        # Shielded: the wire has left the connection's state, so this removal is its last one.
-        with trio.move_on_after(REMOVE_TIMEOUT, shield=True) as scope:
-            await self.dataplane.remove(wire, hop=self.name)
-        if scope.cancelled_caught:
-            raise DeadlineExceeded(
-                f"removing the wire {wire.spec.description} took over {REMOVE_TIMEOUT:.0f} s "
-                "(the kernel's teardown lane is stuck)",
-                hop=self.name,
-                service=actor.connection.network_service if actor.connection else None,
-            )
+        service = actor.connection.network_service if actor.connection else None
+        await self.dataplane.remove_within(wire, hop=self.name, service=service)
+        self._forget_wire(actor, wire)
 
     async def _close_at(self, next_hop: NextHop, actor: ServerConnection) -> None:
         if actor.connection is not None:

@@ -24,15 +24,22 @@ I/O and the timer (``trio.current_time()``, so a ``MockClock`` drives it).
 The grace must outlast the clients' way back: a heal after a forwarder restart arrives within
 seconds (the broken monitor stream makes the client re-request), and a client that saw nothing
 still refreshes within a fifth of its token lifetime (2 minutes with NSM's 10-minute tokens).
-:data:`DEFAULT_RECONCILE_GRACE` covers both. Every successful Request claims (refreshes too), so
-a scan started again later (the task restarted along with the forwarder's other children) only
-removes what no live connection uses.
+:data:`DEFAULT_RECONCILE_GRACE` covers both.
+
+A scan may run again while the forwarder's connections live on: the task is restarted along
+with the forwarder's other children (a crash of its peers, server or lease, or of the task
+itself mid-scan), long after its first sweep dropped every claim. Those connections need not
+re-request within the grace (an hour-long token refreshes every twelve minutes), so the
+reconciler does not wait for them: it asks the forwarder for the wires its live connections hold
+(``live``) and claims each exactly (alias and interfaces) when a scan begins and again when the
+grace ends, before the sweep looks; a connection serving meanwhile claims as usual. A scan thus
+only ever removes what no live connection holds.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +63,7 @@ __all__ = [
     "ensure_wire",
     "leftover_vni",
     "serve_reconcile",
+    "wire_keys",
 ]
 
 DEFAULT_RECONCILE_GRACE = 180.0
@@ -73,10 +81,13 @@ class Reconciler:
     Args:
         owner: the forwarder's name (the owner its aliases carry).
         grace: seconds from :meth:`found` until unclaimed leftovers are removed.
+        live: the wires the forwarder's live connections hold now (claimed by :meth:`seed`);
+            None: no connection holds any.
     """
 
     owner: str
     grace: float = DEFAULT_RECONCILE_GRACE
+    live: Callable[[], Iterable[Wire]] | None = attrs.field(default=None, eq=False, repr=False)
     leftovers: dict[Key, Interface] = attrs.field(factory=dict)
     claims: dict[str, frozenset[Key] | None] = attrs.field(factory=dict)
     scanned: bool = False
@@ -87,10 +98,23 @@ class Reconciler:
 
     def begin(self) -> None:
         """A scan starts (again): until it is through, every alias may have a leftover and
-        every claim counts; claims made so far are kept."""
+        every claim counts; claims made so far are kept, and the live connections' wires are
+        claimed (:meth:`seed`)."""
         self.leftovers = {}
         self.scanned = self.done = self.finished = False
         self.deadline = math.inf
+        self.seed()
+
+    def seed(self) -> None:
+        """Claim the interfaces of every wire a live connection holds now (``live``), on top
+        of the claims made so far: whatever a scan finds of them is never removed."""
+        if self.live is None:
+            return
+        for wire in self.live():
+            alias = wire.spec.alias
+            kept = self.claims.get(alias, frozenset())
+            if kept is not None:  # None keeps every leftover of the alias already
+                self.claims[alias] = kept | frozenset(wire_keys(wire))
 
     def found(self, interfaces: Iterable[Interface], now: float) -> None:
         """The scan's result: these are held, unclaimed, until ``now + grace``."""
@@ -162,6 +186,7 @@ class Reconciler:
         the same alias by alias, each under :meth:`serving`'s lock.)"""
         if not self.over(now):
             return []
+        self.seed()
         stale = [leftover for alias in self.due(now) for leftover in self.take_stale(alias)]
         self.finish()
         return stale
@@ -185,23 +210,30 @@ async def ensure_wire(
     reconciler: Reconciler | None,
     hop: str,
     service: str,
+    forget: Callable[[Wire], None] | None = None,
 ) -> Wire:
     """``dataplane.ensure`` for a forwarder that may hold leftovers: with a reconciler, under
     its lock for the spec's alias (:meth:`Reconciler.serving`), looking for a leftover to adopt
     when one may exist, then claiming the interfaces the wire uses, before the lock is let go.
+    ``forget`` as :meth:`DataPlane.ensure` (called once ``current`` is removed).
 
     Raises:
         TrionsmError: as :meth:`DataPlane.ensure`.
     """
     if reconciler is None:
-        return await dataplane.ensure(current, spec, hop=hop, service=service)
+        return await dataplane.ensure(current, spec, hop=hop, service=service, forget=forget)
     async with reconciler.serving(spec.alias) as adopt:
-        wire = await dataplane.ensure(current, spec, hop=hop, service=service, adopt=adopt)
-        # The leftovers this wire uses are claimed, not stale.
-        reconciler.claim(
-            wire.spec.alias, [(end.namespace.key, end.index) for end in wire.kernel.ends]
+        wire = await dataplane.ensure(
+            current, spec, hop=hop, service=service, adopt=adopt, forget=forget
         )
+        # The leftovers this wire uses are claimed, not stale.
+        reconciler.claim(wire.spec.alias, wire_keys(wire))
     return wire
+
+
+def wire_keys(wire: Wire) -> list[Key]:
+    """The interfaces of ``wire``, host-wide (what a claim keeps)."""
+    return [(end.namespace.key, end.index) for end in wire.kernel.ends]
 
 
 async def leftover_vni(
@@ -241,8 +273,9 @@ async def serve_reconcile(
 
     Started at once (the scan runs after ``task_status.started()``, so the forwarder serves
     meanwhile). The sweep goes alias by alias, concurrently, each under the alias's lock
-    (:meth:`Reconciler.serving`): what a request adopts is never removed under it. Cancellable
-    at any point: a removal under way finishes first.
+    (:meth:`Reconciler.serving`): what a request adopts is never removed under it, nor is a
+    wire a live connection holds (:meth:`Reconciler.seed`, when the scan begins and when the
+    grace ends). Cancellable at any point: a removal under way finishes first.
 
     Args:
         namespaces: where to look (default: every network namespace on the host).
@@ -257,6 +290,7 @@ async def serve_reconcile(
     found = await scan_namespaces(reconciler.owner, namespaces=namespaces, hop=hop, netlink=netlink)
     reconciler.found(found, trio.current_time())
     await trio.sleep_until(reconciler.deadline)
+    reconciler.seed()  # the wires connections came to hold since the scan began
 
     failures: list[TrionsmError] = []
 

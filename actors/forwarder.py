@@ -9,7 +9,8 @@
     ├── lease           registered at its nsmgr as service ``forwarder``, label ``p2p=true``
     └── reconcile       with a data plane (TRANSIENT): its leftovers from a previous life are
                         adopted by the re-requests that describe them, the rest removed after
-                        ``reconcile_grace`` (``_reconcile``)
+                        ``reconcile_grace`` (``_reconcile``); restarted with the children
+                        before it, it scans again and keeps every wire a live connection holds
 
 The per-request logic (mechanisms, candidates, wires, VNIs) is :class:`Forwarder`, in
 ``_forwarder``.
@@ -148,7 +149,8 @@ async def serve_forwarder(
         )
         reconcile = None
         if chosen is not None and reconcile_grace is not None:
-            forwarder.reconciler = Reconciler(name, reconcile_grace)
+            # A scan started again while connections live on keeps the wires they hold.
+            forwarder.reconciler = Reconciler(name, reconcile_grace, live=forwarder.live_wires)
             reconcile = partial(
                 serve_reconcile,
                 forwarder.reconciler,

@@ -115,6 +115,30 @@ def test_a_scan_started_again_after_a_sweep_records_the_claims_made_meanwhile() 
     assert [i.alias for i in reconciler.sweep(now=15.0)] == ["trionsm:fwd:x"]
 
 
+def test_a_scan_started_again_after_its_sweep_keeps_every_wire_a_live_connection_holds() -> None:
+    alias, late = alias_for("nsc-1", "fwd"), alias_for("nsc-2", "fwd")
+    held = [held_wire("nsc-1", 5, 9)]
+    reconciler = Reconciler("fwd", grace=5.0, live=lambda: held)
+    reconciler.found([], now=0.0)
+    assert reconciler.sweep(now=5.0) == []  # the first sweep: claims dropped
+    reconciler.begin()  # started again with the lease (its connections live on, no re-request)
+    old_end = leftover(NS_A, 4, alias)  # an end its wire no longer uses
+    stray = leftover(NS_A, 6, "trionsm:fwd:gone")
+    found = [
+        leftover(NS_A, 5, alias), leftover(NS_B, 9, alias, "nsm-x"), old_end, stray,
+        leftover(NS_A, 12, late), leftover(NS_B, 13, late, "nsm-x"),
+    ]  # fmt: skip
+    reconciler.begin()  # and again: reconcile itself crashed mid-scan
+    reconciler.found(found, now=10.0)
+    held.append(held_wire("nsc-2", 12, 13))  # a connection came to hold its wire meanwhile
+    assert sorted(i.index for i in reconciler.sweep(now=15.0)) == [old_end.index, stray.index]
+
+
+def held_wire(connection_id: str, client: int, endpoint: int) -> Wire:
+    ends = WireEnd(NS_A, "nsm-1", client), WireEnd(NS_B, "nsm-x", endpoint)
+    return Wire(spec_for(connection_id), KernelWire(connection_id, *ends, mtu=0))
+
+
 def test_the_default_grace_outlasts_a_refresh_at_nsm_defaults() -> None:
     # NSC refresh: 20 % of a 10-minute token = 120 s; heals come within seconds.
     assert DEFAULT_RECONCILE_GRACE > 0.2 * 600
@@ -135,7 +159,14 @@ class GatedPlane:
     adopts: list[bool] = attrs.Factory(list)
 
     async def ensure(
-        self, current: Wire | None, spec: WireSpec, *, hop: str, service: str, adopt: bool = False
+        self,
+        current: Wire | None,
+        spec: WireSpec,
+        *,
+        hop: str,
+        service: str,
+        adopt: bool = False,
+        forget: Any = None,
     ) -> Wire:
         self.adopts.append(adopt)
         self.events.append("ensure")

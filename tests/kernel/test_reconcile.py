@@ -28,6 +28,7 @@ from trionsm.actors.client import ClientConnection, EventKind
 from trionsm.api.connectioncontext import ConnectionContext, IpContext, PolicyRoute, Route
 from trionsm.api.registry import Match, Metadata, NetworkService
 from trionsm.errors import AlreadyExists
+from trionsm.identity import JwtTokenProvider
 from trionsm.kernel import (
     KernelWire,
     Netlink,
@@ -293,6 +294,40 @@ async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_remove
                 for netns, conn in zip(clients, conns, strict=True):
                     assert (await host.links(netns))["nsm-1"]["ifalias"] == client_alias(conn)
                     assert await ping(netns, destination(conn), timeout=2.0, netlink=mesh.netlink)
+
+
+async def test_a_reconcile_restarted_after_its_sweep_keeps_the_live_wires_and_removes_a_stray(
+    host: Host,
+) -> None:
+    # The lease crashes after the first sweep: REST_FOR_ONE starts reconcile again (a new scan).
+    # Its clients do not re-request within the grace (hour-long tokens): the wires their live
+    # connections hold must stay as they are; only what no connection holds goes.
+    nse_ns, stray_ns, client_ns = await host.netns(), await host.netns(), await host.netns()
+    fwd = owner_name()
+    async with open_mesh(kernel=True, forwarders=0) as mesh:
+        await mesh.add_forwarder(fwd, node=0, reconcile_grace=GRACE)
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", cidr="169.254.124.0/24", netns=nse_ns)
+        tokens = JwtTokenProvider("spiffe://trionsm.local/nsc/long", lifetime=3600.0)
+        with trio.fail_after(BOUND):
+            async with mesh.connect("kernel://icmp/nsm-1", netns=client_ns, tokens=tokens) as conn:
+                await reconciled(mesh, fwd)  # the first sweep: nothing to remove
+                before = {netns: await host.links(netns) for netns in (client_ns, nse_ns)}
+                stray = await create_kernel_wire(
+                    "nsc-gone", stray_ns, "nsm-1", nse_ns, "", owner=fwd, netlink=mesh.netlink
+                )
+                handle = mesh[fwd]
+                await handle.supervisor.crash_child("lease")
+                reconciler = handle.forwarder.reconciler
+                assert reconciler is not None
+                assert not reconciler.finished  # restarted with the lease: a new scan
+                await reconciled(mesh, fwd)
+                assert sorted(await host.links(stray_ns)) == ["lo"]  # the stray went
+                assert stray.endpoint.ifname not in await host.links(nse_ns)
+                for netns in (client_ns, nse_ns):  # the live wire is the very same
+                    assert ifindexes(await host.links(netns)) == ifindexes(before[netns])
+                assert await ping(client_ns, destination(conn), timeout=2.0, netlink=mesh.netlink)
+                assert conn.heals == 0
 
 
 async def restart_while_pinging(
