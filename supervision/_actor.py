@@ -365,28 +365,6 @@ async def _handle_loop(actor: Actor, mailbox: _Mailbox) -> None:
             return
 
 
-async def _run_incarnation(
-    actor: Actor, ref: ActorRef, mailbox: _Mailbox, task_status: trio.TaskStatus[ActorRef]
-) -> None:
-    await actor.init()
-    ref._mailbox = mailbox
-    task_status.started(ref)
-    await _handle_loop(actor, mailbox)
-
-
-async def _run_lean(
-    actor: Actor, ref: ActorRef, mailbox: _Mailbox, task_status: trio.TaskStatus[ActorRef]
-) -> None:
-    """An incarnation without a nursery: one cancel scope, also its deadline while it waits."""
-    with trio.CancelScope() as actor._scope:
-        await _run_incarnation(actor, ref, mailbox, task_status)
-        return
-    while not actor._stopping:  # the deadline passed while it waited: go on in a new scope
-        with trio.CancelScope() as actor._scope:
-            await _handle_loop(actor, mailbox)
-            return
-
-
 async def serve_actor(
     factory: Callable[..., Actor],
     *args: Any,
@@ -414,12 +392,23 @@ async def serve_actor(
     reason: BaseException | None = None
     try:
         try:
-            if not actor.background_tasks:
-                await _run_lean(actor, ref, mailbox, task_status)
-            else:
+            if actor.background_tasks:
                 async with trio.open_nursery() as nursery:
                     actor._nursery, actor._scope = nursery, nursery.cancel_scope
-                    await _run_incarnation(actor, ref, mailbox, task_status)
+                    await actor.init()
+                    ref._mailbox = mailbox
+                    task_status.started(ref)
+                    await _handle_loop(actor, mailbox)
+            else:  # one cancel scope, also the deadline's while it waits (no extra frames)
+                with trio.CancelScope() as actor._scope:
+                    await actor.init()
+                    ref._mailbox = mailbox
+                    task_status.started(ref)
+                    await _handle_loop(actor, mailbox)
+                while actor._scope.cancelled_caught and not actor._stopping:
+                    # the deadline passed while it waited: go on in a new scope
+                    with trio.CancelScope() as actor._scope:
+                        await _handle_loop(actor, mailbox)
         except BaseExceptionGroup as group:
             # The nursery wraps even the body's own error: unwrap a lone one for a readable reason.
             lone = lone_exception(group)
