@@ -269,6 +269,18 @@ class DataPlane:
             return None
         return end.tunnel.vni
 
+    async def vxlan_mtu(self, underlay_netns: str, tunnel_ip: str, *, hop: str) -> int:
+        """The most MTU a vxlan end with its tunnel from ``tunnel_ip`` in ``underlay_netns`` may
+        have (the underlay interface's MTU minus the VXLAN overhead). One read (``PROBE``).
+
+        Raises:
+            FailedPrecondition: no interface of the underlay holds ``tunnel_ip``.
+            NotFound, PermissionDenied, InvalidArgument: as the kernel's ``vxlan_mtu``.
+        """
+        from trionsm.kernel import vxlan_mtu
+
+        return await vxlan_mtu(underlay_netns, tunnel_ip, hop=hop, netlink=self.netlink)
+
     def plan(
         self,
         connection_id: str,

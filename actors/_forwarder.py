@@ -25,9 +25,12 @@ remote nsmgr for VXLAN with ``src_ip``/``src_port`` filled; the far side's forwa
 same VNI kept on a refresh while still valid), asks its endpoint for KERNEL and makes its vxlan
 end in the endpoint's namespace, then replies; the client's forwarder makes its own end in the
 client's namespace. A VNI the kernel refuses (``VniInUse``: another device of that underlay has
-it) is replaced: the far side picks another one, the near side asks the far side again. The
-payload is IP over the kernel's Ethernet device (ARP works across, and both sides also know each
-other's MAC). Close, expiry and reselect remove each side's end.
+it) is replaced: the far side picks another one, the near side asks the far side again. Both
+ends get one MTU: the near side asks for the smallest of the NSC's and what its own underlay
+allows, the far side makes its end no larger (its own underlay may lower it) and replies with it,
+and the near side makes its end with that. The payload is IP over the kernel's Ethernet device
+(ARP works across, and both sides also know each other's MAC). Close, expiry and reselect remove
+each side's end.
 """
 
 from __future__ import annotations
@@ -134,12 +137,17 @@ class Forwarder(ServerHop):
         self._remote = remote or (lambda url: not is_local_url(url))
 
     def _outgoing_preferences(
-        self, url: str, incoming: Mechanism, service: str, vni: int | None = None
+        self,
+        url: str,
+        incoming: Mechanism,
+        service: str,
+        vni: int | None = None,
+        underlay_mtu: int = 0,
     ) -> list[Mechanism]:
         remote = self._remote(url)
         if incoming.type == KERNEL:
             if remote:
-                return [self._vxlan_preference(incoming, service, vni)]
+                return [self._vxlan_preference(incoming, service, vni, underlay_mtu)]
             return [kernel_mechanism()]
         if incoming.type == VXLAN:
             if remote:
@@ -152,10 +160,13 @@ class Forwarder(ServerHop):
         return [noop_mechanism(REMOTE if remote else LOCAL)] if NOOP in self.mechanisms else []
 
     def _vxlan_preference(
-        self, incoming: Mechanism, service: str, vni: int | None = None
+        self, incoming: Mechanism, service: str, vni: int | None = None, underlay_mtu: int = 0
     ) -> Mechanism:
         """The client side's VXLAN preference towards another node (``src_*`` filled, and the
-        VNI of this connection's leftover vxlan end, if a restart left one)."""
+        VNI of this connection's leftover vxlan end, if a restart left one). Its MTU is the
+        smallest of the NSC's and what this node's underlay allows (``underlay_mtu``, 0: not
+        known): the far side makes its end no larger, so both ends get the same MTU whichever
+        node's underlay is the smaller."""
         needs = "a KERNEL connection to an endpoint on another node needs VXLAN"
         if VXLAN not in self.mechanisms:
             offered = ", ".join(self.mechanisms)
@@ -170,13 +181,36 @@ class Forwarder(ServerHop):
                 hop=self.name,
                 service=service,
             )
-        mtu = incoming.parameters.get(Param.MTU, "")
+        wanted = incoming.parameters.get(Param.MTU, "")
+        mtus = [int(wanted) if wanted.isdigit() else 0, underlay_mtu]
         return vxlan_mechanism(
             self.tunnel_ip,
             src_port=DEFAULT_VXLAN_PORT,
             vni=vni,
-            mtu=int(mtu) if mtu.isdigit() else None,
+            mtu=min((mtu for mtu in mtus if mtu), default=None),
         )
+
+    async def _underlay_mtu(
+        self,
+        dataplane: DataPlane | None,
+        incoming: Mechanism,
+        candidates: Sequence[Any],
+        service: str,
+    ) -> int:
+        """What this node's underlay allows a vxlan end, when a KERNEL request may go to an
+        endpoint on another node (one read of the underlay); else 0.
+
+        Raises:
+            FailedPrecondition: no interface of the underlay holds ``tunnel_ip``.
+        """
+        if dataplane is None or incoming.type != KERNEL or not self.tunnel_ip:
+            return 0
+        if VXLAN not in self.mechanisms or not any(self._remote(c.url) for c in candidates):
+            return 0
+        try:
+            return await dataplane.vxlan_mtu(self.underlay_netns, self.tunnel_ip, hop=self.name)
+        except TrionsmError as exc:
+            raise type(exc)(exc.reason, hop=self.name, service=service) from exc
 
     def _answer_vxlan(
         self,
@@ -308,6 +342,7 @@ class Forwarder(ServerHop):
         # A restarted forwarder asks for its leftover vxlan end's VNI (so it stays as it is).
         nsc_id = connection.path.path_segments[0].id if connection.path.path_segments else ""
         vni = await leftover_vni(dataplane, self.reconciler, incoming, nsc_id, hop=self.name)
+        underlay_mtu = await self._underlay_mtu(dataplane, incoming, candidates, service)
         failures: list[tuple[str, BaseException]] = []
         for endpoint in candidates:
             same = actor.state.get("endpoint") == endpoint.name
@@ -319,7 +354,7 @@ class Forwarder(ServerHop):
                         mechanism=actor.state.get("mechanism") if same else None,
                     ),
                     mechanism_preferences=self._outgoing_preferences(
-                        endpoint.url, incoming, service, vni
+                        endpoint.url, incoming, service, vni, underlay_mtu
                     ),
                 )
                 assert self.peers is not None

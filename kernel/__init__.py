@@ -14,7 +14,8 @@ Map:
 * :func:`create_vxlan_end` makes one side of a remote connection's VXLAN wire: a vxlan device
   whose tunnel lives in the node's underlay namespace and whose interface lives in the workload's
   (:class:`VxlanEnd`); the kernel's refusal of a VNI already used in that underlay is
-  :class:`VniInUse`; :func:`vxlan_macs` derives both sides' MAC addresses from the tunnel.
+  :class:`VniInUse`; :func:`vxlan_macs` derives both sides' MAC addresses from the tunnel;
+  :func:`vxlan_mtu` reads the most MTU an end over the node's underlay may have.
   ``remove_wire``, ``check_wire`` and ``list_wires`` take vxlan ends as well.
 * Reconcile: :func:`alias_for` / :func:`parse_alias` (:class:`WireAlias`) write and read the
   alias naming the forwarder that made an interface and the NSC's connection id;
@@ -94,6 +95,7 @@ from ._vxlan import (
     create_vxlan_end,
     plan_vxlan_end,
     vxlan_macs,
+    vxlan_mtu,
 )
 from ._vxlan_reconcile import VxlanInspection, inspect_vxlan_end
 from ._wireplan import (
@@ -154,4 +156,5 @@ __all__ = [
     "resolve_namespace",
     "scan_namespaces",
     "vxlan_macs",
+    "vxlan_mtu",
 ]

@@ -47,7 +47,7 @@ import trio
 from trionsm.api.connectioncontext import IpContext
 from trionsm.errors import AlreadyExists, FailedPrecondition, InvalidArgument, TrionsmError
 
-from ._handles import Handle, KernelFailure, step
+from ._handles import Handle, KernelFailure, Lane, step
 from ._linkconfig import configure_end, delete_index, wait_until_ready
 from ._netlink import Netlink, current_netlink
 from ._netns import Namespace, open_namespace, resolve_namespace
@@ -65,6 +65,7 @@ __all__ = [
     "create_vxlan_end",
     "plan_vxlan_end",
     "vxlan_macs",
+    "vxlan_mtu",
 ]
 
 DEFAULT_VXLAN_PORT = 4789
@@ -190,6 +191,39 @@ def allowed_mtu(lower_mtu: int, version: int, wanted: int) -> int:
     MTU ``lower_mtu`` leaves after the VXLAN overhead of IP ``version``."""
     allowed = lower_mtu - _OVERHEAD[version]
     return min(wanted, allowed) if wanted else allowed
+
+
+async def vxlan_mtu(
+    underlay_ns: Namespace | str,
+    local_ip: str,
+    *,
+    hop: str | None = None,
+    netlink: Netlink | None = None,
+) -> int:
+    """The most MTU a vxlan end with its tunnel from ``local_ip`` may have: the MTU of the
+    underlay interface holding ``local_ip`` minus the VXLAN overhead of its IP version (what
+    :func:`create_vxlan_end` makes when no smaller MTU is asked for). One read (``PROBE`` lane).
+
+    Raises:
+        InvalidArgument: ``local_ip`` is not an IP address.
+        FailedPrecondition: no interface of the underlay holds ``local_ip``.
+        NotFound, PermissionDenied: the namespace is missing or not ours.
+    """
+    try:
+        local = ipaddress.ip_address(local_ip.strip())
+    except ValueError:
+        raise InvalidArgument(
+            f"tunnel address {local_ip!r} is not an IP address", hop=hop
+        ) from None
+    netlink = netlink or current_netlink()
+    underlay = await resolve_namespace(underlay_ns, hop=hop)
+    lower = await netlink.run(underlay, partial(lower_link, local=local), lane=Lane.PROBE, hop=hop)
+    if lower is None:
+        raise FailedPrecondition(
+            f"no interface in the underlay namespace {underlay} holds the tunnel address {local}",
+            hop=hop,
+        )
+    return allowed_mtu(lower.get("mtu"), local.version, 0)
 
 
 def vxlan_macs(src_ip: str, dst_ip: str, vni: int) -> tuple[str, str]:

@@ -183,6 +183,47 @@ async def test_a_vni_the_kernel_refuses_is_replaced_on_either_node(host: Host, w
             assert await mesh.leaks(baseline) == []
 
 
+@pytest.mark.parametrize(
+    ("underlay_mtus", "wanted", "mtu"),
+    [
+        ((1400, 1500), None, 1350),  # the client's node has the smaller underlay
+        ((1500, 1400), None, 1350),  # the endpoint's node has
+        ((1400, 1500), 1300, 1300),  # the NSC asks for less than either allows
+    ],
+)
+async def test_both_ends_get_one_mtu_whichever_node_has_the_smaller_underlay(
+    host: Host, underlay_mtus: tuple[int, int], wanted: int | None, mtu: int
+) -> None:
+    client_ns, nse_ns = await host.netns(), await host.netns()
+    async with open_mesh(nodes=2, kernel=True) as mesh:
+        assert mesh.underlay is not None
+        for node, underlay_mtu in enumerate(underlay_mtus):
+            await host.run(mesh.underlay.url(node), "link", "set", "ul0", "mtu", str(underlay_mtu))
+        await mesh.register_service("icmp")
+        await mesh.add_endpoint("nse-1", "icmp", node=1, cidr=CIDRS, netns=nse_ns)
+        tokens = JwtTokenProvider("spiffe://trionsm.local/nsc/mtu", lifetime=6.0)
+        with trio.fail_after(BOUND):
+            async with mesh.connect(
+                "kernel://icmp/nsm-1",
+                netns=client_ns,
+                tokens=tokens,
+                request_timeout=2.0,
+                mtu=wanted,
+            ) as conn:
+                nse_if = await nse_ifname(host, nse_ns)
+                near, far = await vxlan(host, client_ns, "nsm-1"), await vxlan(host, nse_ns, nse_if)
+                assert near["mtu"] == far["mtu"] == mtu
+                assert conn.connection is not None
+                assert conn.connection.mechanism is not None
+                assert conn.connection.mechanism.parameters["MTU"] == str(mtu)
+                assert await pings(mesh, client_ns, addresses(conn, "dst_ip_addrs"))
+
+                await conn.wait_for(EventKind.REFRESHED)  # the refresh keeps both as they are
+                assert await vxlan(host, client_ns, "nsm-1") == near
+                assert await vxlan(host, nse_ns, nse_if) == far
+                assert conn.heals == 0
+
+
 async def test_a_forwarder_without_tunnel_ip_refuses_a_remote_kernel_connection(
     host: Host,
 ) -> None:
