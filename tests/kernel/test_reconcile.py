@@ -296,12 +296,14 @@ async def test_a_restarted_forwarder_adopts_live_wires_without_a_flap_and_remove
                     assert await ping(netns, destination(conn), timeout=2.0, netlink=mesh.netlink)
 
 
+@pytest.mark.parametrize("mid_scan", [False, True])
 async def test_a_reconcile_restarted_after_its_sweep_keeps_the_live_wires_and_removes_a_stray(
-    host: Host,
+    host: Host, mid_scan: bool
 ) -> None:
-    # The lease crashes after the first sweep: REST_FOR_ONE starts reconcile again (a new scan).
-    # Its clients do not re-request within the grace (hour-long tokens): the wires their live
-    # connections hold must stay as they are; only what no connection holds goes.
+    # The lease crashes after the first sweep: REST_FOR_ONE starts reconcile again (a new scan),
+    # which may crash itself mid-scan and start once more. The clients do not re-request within
+    # the grace (hour-long tokens): the wires their live connections hold must stay as they
+    # are; only what no connection holds goes.
     nse_ns, stray_ns, client_ns = await host.netns(), await host.netns(), await host.netns()
     fwd = owner_name()
     async with open_mesh(kernel=True, forwarders=0) as mesh:
@@ -321,6 +323,14 @@ async def test_a_reconcile_restarted_after_its_sweep_keeps_the_live_wires_and_re
                 reconciler = handle.forwarder.reconciler
                 assert reconciler is not None
                 assert not reconciler.finished  # restarted with the lease: a new scan
+                if mid_scan:
+
+                    async def scanned() -> bool:
+                        return reconciler.scanned
+
+                    await eventually(scanned)
+                    await handle.supervisor.crash_child("reconcile")
+                    assert not reconciler.scanned  # a scan begun again
                 await reconciled(mesh, fwd)
                 assert sorted(await host.links(stray_ns)) == ["lo"]  # the stray went
                 assert stray.endpoint.ifname not in await host.links(nse_ns)
