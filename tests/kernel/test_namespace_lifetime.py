@@ -302,7 +302,14 @@ async def test_close_joins_handles_retired_before_it(host: Host) -> None:
             await netlink.run(failed, broken)
 
         await netlink.aclose()
-    held = {
-        name: holders(n.key) for name, n in [("idle", idle), ("busy", busy), ("failed", failed)]
-    }
-    assert held == {"idle": [], "busy": [], "failed": []}
+    named = [("idle", idle), ("busy", busy), ("failed", failed)]
+    sockets = {name: [h for h in holders(n.key) if h.startswith("socket")] for name, n in named}
+    assert sockets == {"idle": [], "busy": [], "failed": []}
+    # A joined thread's kernel task may outlive join() by a moment (Python releases the join
+    # just before the OS thread exits), so the threads are waited for, briefly and bounded. An
+    # unjoined handle is caught above: its socket is still open (its close is held 0.2 s).
+    with trio.fail_after(BOUND):
+        while True:  # polling /proc: nothing signals a kernel task's exit
+            if not any(holders(n.key) for _, n in named):
+                break
+            await trio.sleep(0.01)
