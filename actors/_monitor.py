@@ -20,12 +20,21 @@ indexed by every segment id of their paths too, so such a subscriber's INITIAL_S
 looks at the connections on that segment only (O(1), not O(connections): an nsmgr holding
 10,000 connections scanned all of them for each new NSC).
 
-A subscriber that falls :attr:`MonitorHub.buffer` events behind is dropped with
-ResourceExhausted: a slow monitor never holds a hop up.
+A slow subscriber never holds a hop up and is never dropped: once it falls
+:data:`COMPACT_AFTER` events behind, its queue keeps only each connection's newest unsent event
+(an UPDATE then a DELETE of one connection becomes the DELETE), so it holds about one event per
+connection in scope and still gets every connection's latest state, each connection's events in
+order. (A stream shared by thousands of connections, an NSC's, used to fall 1,024 events behind
+under load and be dropped, breaking every connection on it at once.)
+
+The INITIAL_STATE_TRANSFER comes in events of at most :data:`INITIAL_CHUNK` connections, so that
+a scope of thousands stays under the message-size limit (one event of every connection
+would be refused past about 2,000).
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -39,11 +48,15 @@ from trionsm.api.connection import (
     MonitorScopeSelector,
     PathSegment,
 )
-from trionsm.errors import ResourceExhausted, Unavailable
+from trionsm.errors import Unavailable
 
-__all__ = ["DEFAULT_MONITOR_BUFFER", "MonitorHub", "selector_matches"]
+__all__ = ["COMPACT_AFTER", "INITIAL_CHUNK", "MonitorHub", "selector_matches"]
 
-DEFAULT_MONITOR_BUFFER = 1024
+INITIAL_CHUNK = 500
+"""Connections per INITIAL_STATE_TRANSFER event (a 4-hop Connection encodes to about 2 KB)."""
+
+COMPACT_AFTER = 1024
+"""Events a subscriber may fall behind before its queue keeps only each connection's newest."""
 
 
 def _segment_matches(wanted: PathSegment, segment: PathSegment) -> bool:
@@ -81,10 +94,41 @@ def _segment_key(selector: MonitorScopeSelector | None) -> str | None:
 
 @attrs.define(eq=False)
 class _Subscriber:
+    """One stream's queue of events; compacted to each connection's newest when it grows past
+    ``compact_at`` (then again only past twice what compacting left, so it stays cheap)."""
+
     selector: MonitorScopeSelector | None
-    send: trio.MemorySendChannel[ConnectionEvent]
-    receive: trio.MemoryReceiveChannel[ConnectionEvent]
-    overflowed: bool = False
+    pending: collections.deque[tuple[ConnectionEventType, Connection]] = attrs.field(
+        factory=collections.deque
+    )
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    closed: bool = False
+    compact_at: int = COMPACT_AFTER
+
+    def put(self, kind: ConnectionEventType, connection: Connection) -> None:
+        self.pending.append((kind, connection))
+        if len(self.pending) > self.compact_at:
+            newest: dict[str, tuple[ConnectionEventType, Connection]] = {}
+            for event in self.pending:
+                newest.pop(event[1].id, None)  # its newer event goes last
+                newest[event[1].id] = event
+            self.pending = collections.deque(newest.values())
+            self.compact_at = max(COMPACT_AFTER, 2 * len(self.pending))
+        self.wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    async def get(self) -> ConnectionEvent:
+        """The next event (trio.EndOfChannel once closed)."""
+        while not self.pending:
+            if self.closed:
+                raise trio.EndOfChannel
+            await self.wake.wait()
+            self.wake = trio.Event()
+        kind, connection = self.pending.popleft()
+        return ConnectionEvent(type=kind, connections={connection.id: connection})
 
 
 class MonitorHub:
@@ -92,12 +136,10 @@ class MonitorHub:
 
     Args:
         hop: this hop's name in errors.
-        buffer: events a subscriber may fall behind before it is dropped.
     """
 
-    def __init__(self, hop: str, *, buffer: int = DEFAULT_MONITOR_BUFFER) -> None:
+    def __init__(self, hop: str) -> None:
         self.hop = hop
-        self.buffer = buffer
         self._connections: dict[str, Connection] = {}
         # every path segment id of every connection -> the connection's key (a tuple of keys in
         # the rare case two connections share a segment id)
@@ -200,59 +242,50 @@ class MonitorHub:
                 del self._by_segment[key]
 
     def _publish(self, kind: ConnectionEventType, connection: Connection) -> None:
-        event = ConnectionEvent(type=kind, connections={connection.id: connection})
         for subscriber in self._interested(connection):
             if selector_matches(subscriber.selector, connection):
-                try:
-                    subscriber.send.send_nowait(event)
-                except trio.WouldBlock:
-                    subscriber.overflowed = True
-                    self._discard(subscriber)
-                    subscriber.send.close()
-                except trio.BrokenResourceError:
-                    self._discard(subscriber)
+                subscriber.put(kind, connection)
 
     def close(self, reason: str) -> None:
         """End every stream with Unavailable(``reason``) (the hop is stopping)."""
         self._closed = reason
         for subscriber in [*self._subscribers, *(s for i in self._by_segment.values() for s in i)]:
-            subscriber.send.close()
+            subscriber.close()
         self._subscribers.clear()
         self._by_segment.clear()
 
     @contextmanager
     def _subscribe(
         self, selector: MonitorScopeSelector | None
-    ) -> Iterator[tuple[ConnectionEvent, _Subscriber]]:
-        send, receive = trio.open_memory_channel[ConnectionEvent](self.buffer)
-        subscriber = _Subscriber(selector, send, receive)
-        initial = ConnectionEvent(
-            type=ConnectionEventType.INITIAL_STATE_TRANSFER,
-            connections=self._matching(selector),
-        )
+    ) -> Iterator[tuple[list[ConnectionEvent], _Subscriber]]:
+        matching = list(self._matching(selector).items())
+        initial = [
+            ConnectionEvent(
+                type=ConnectionEventType.INITIAL_STATE_TRANSFER,
+                connections=dict(matching[start : start + INITIAL_CHUNK]),
+            )
+            for start in range(0, len(matching), INITIAL_CHUNK)
+        ] or [ConnectionEvent(type=ConnectionEventType.INITIAL_STATE_TRANSFER, connections={})]
+        subscriber = _Subscriber(selector)
         self._add(subscriber)
         try:
             yield initial, subscriber
         finally:
             self._discard(subscriber)
-            send.close()
-            receive.close()
+            subscriber.close()
 
     async def stream(self, selector: MonitorScopeSelector | None) -> AsyncIterator[ConnectionEvent]:
-        """The MonitorConnections stream: INITIAL_STATE_TRANSFER, then every change in scope."""
+        """The MonitorConnections stream: INITIAL_STATE_TRANSFER (one event per
+        :data:`INITIAL_CHUNK` connections), then every change in scope."""
         if self._closed is not None:
             raise Unavailable(self._closed, hop=self.hop)
         with self._subscribe(selector) as (initial, subscriber):
-            yield initial
+            for event in initial:
+                yield event
+            del initial
             while True:
                 try:
-                    event = await subscriber.receive.receive()
+                    event = await subscriber.get()
                 except trio.EndOfChannel:
-                    if subscriber.overflowed:
-                        raise ResourceExhausted(
-                            f"this MonitorConnections stream fell {self.buffer} events behind "
-                            "and was dropped; monitor again",
-                            hop=self.hop,
-                        ) from None
                     raise Unavailable(self._closed or "the hop stopped", hop=self.hop) from None
                 yield event

@@ -16,7 +16,8 @@ INITIAL_STATE_TRANSFER, so a watcher misses no state, only events it no longer n
 What a watcher hears:
 
 * the stream broke (or ended): every watcher's connection is broken at once;
-* its connection DELETEd or ``DOWN``, or missing from an INITIAL_STATE_TRANSFER: maybe stale
+* its connection DELETEd or ``DOWN``, or missing from the INITIAL_STATE_TRANSFER of a stream of
+  its own (a shared stream's comes in chunks, so absence from one says nothing): maybe stale
   (a DELETE of the connection a reselect closed arrives after the new Request succeeded; a
   re-opened stream's snapshot may predate a Request that just succeeded), so the watcher first
   asks the nsmgr for its connection's state now, with a short call scoped to its segment id
@@ -83,6 +84,7 @@ class ConnectionMonitor:
         self._client = client
         self._name = name
         self._selector = MonitorScopeSelector(path_segments=[PathSegment(id=key or "", name=name)])
+        self._keyed = key is not None
         self._watchers: dict[str, _Watcher] = {}
         self._runner: _Watcher | None = None
 
@@ -159,7 +161,10 @@ class ConnectionMonitor:
                 watcher.tell(suspect="the nsmgr closed this connection")
             elif connection.state is State.DOWN:
                 watcher.tell(suspect="the path reported DOWN")
-        if initial:
+        if initial and self._keyed:
+            # a shared stream's initial state comes in chunks (and may predate a Request that
+            # just succeeded): absence from one says nothing; a connection deleted while the
+            # stream re-opened is noticed by its next refresh instead
             for segment_id, watcher in self._watchers.items():
                 if segment_id not in present:
                     watcher.tell(suspect="the nsmgr no longer has this connection")
