@@ -11,7 +11,9 @@ scoped to its segment id (:func:`own_monitor`), so that the nsmgr indexes it.
 The stream has no task of its own: the connections' watch tasks take turns running it. The
 first watcher to find no stream running runs it; when its connection ends (a Close, a heal), it
 stops, and the next watcher opens it again. A stream that opens again sends a new
-INITIAL_STATE_TRANSFER, so a watcher misses no state, only events it no longer needs.
+INITIAL_STATE_TRANSFER, so a watcher misses no state, only events it no longer needs. Its cost
+is that snapshot: the nsmgr encodes every connection of that client name again (about 0.3 ms
+each) each time the connection running the stream ends.
 
 What a watcher hears:
 
