@@ -118,6 +118,7 @@ class _Running:
     forwarder: ForwarderHandle | None = None
     stopping: bool = False
     step: str = "refusing new Requests"  # what the stop is doing (for an overrun's message)
+    closing: trio.CancelScope | None = None  # the stop's closing step, cut short by an overrun
     kernel_lost: trio.Event = attrs.field(factory=trio.Event)  # the executor's end, per incarnation
     bound: dict[str, list[str]] = attrs.field(factory=dict)  # each role's first bound URLs
 
@@ -318,16 +319,16 @@ def _children(config: NodeConfig, running: _Running, clock: Clock | None) -> lis
     return children
 
 
-async def _stop_gracefully(config: NodeConfig, running: _Running, deadline: float) -> None:
+async def _stop_gracefully(config: NodeConfig, running: _Running) -> None:
     """Refuse new Requests, then (unless keeping the data plane) close the forwarder's
     connections downstream and remove their wires; bounded by the forwarder's STOP_TIMEOUT and
-    by the stop's ``deadline``."""
+    cut short by an overrun (``_watch_stop``, once it has said what was still running)."""
     running.stopping = True
     forwarder = running.forwarder
     if config.restart_keep_dataplane or forwarder is None:
         return
     running.step = "closing the connections"
-    with trio.move_on_after(STOP_TIMEOUT), trio.move_on_at(deadline):
+    with trio.move_on_after(STOP_TIMEOUT) as running.closing:
         await forwarder.forwarder.close_all()
 
 
@@ -379,7 +380,9 @@ async def _watch_stop(
     with trio.CancelScope(shield=True) as scope:
         task_status.started(scope)
         await trio.sleep(config.shutdown_timeout)
-        message = overrun_message(config, running)
+        message = overrun_message(config, running)  # first: the step it names is still current
+        if running.closing is not None:
+            running.closing.cancel()  # then the closing step lets go, so the stop goes on
         if overrun is None:
             _log.error("%s", message)
             raise DeadlineExceeded(message, hop=f"node {config.name}")
@@ -437,9 +440,8 @@ async def serve_node(
                         await trio.sleep_forever()
                     finally:
                         with trio.CancelScope(shield=True):
-                            deadline = trio.current_time() + config.shutdown_timeout
                             watch = await guard.start(_watch_stop, config, running, on_overrun)
-                            await _stop_gracefully(config, running, deadline)
+                            await _stop_gracefully(config, running)
                             running.step = "stopping the roles"
             finally:
                 watch.cancel()  # the stop is through (or the node failed): no overrun
