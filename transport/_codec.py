@@ -18,7 +18,7 @@ import betterproto2
 
 from trionsm.errors import InvalidArgument
 
-from ._protobuf import MAX_DEPTH, decode_message, encode_message, plan_for
+from ._protobuf import MAX_DEPTH, _varint, decode_message, encode_message, plan_for
 
 __all__ = ["check_wire", "decode", "encode", "parse_strict"]
 
@@ -94,20 +94,6 @@ def _schema(cls: type[betterproto2.Message]) -> dict[int, tuple[frozenset[int], 
             wires.add(betterproto2.WIRE_LEN_DELIM)
         schema[meta.number] = (frozenset(wires), nested)
     return schema
-
-
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while shift < 70:
-        if pos >= end:
-            raise ValueError("a varint is cut short")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-    raise ValueError("a varint is longer than 10 bytes")
 
 
 def _check(data: bytes, pos: int, end: int, cls: type[betterproto2.Message], depth: int) -> None:
