@@ -202,7 +202,9 @@ async def test_grpcio_calls_the_network_service(
     assert dict(reply.labels) == {"app": "nsc", "served": "trionsm"}
     assert empty.ByteSize() == 0
     assert service.seen[0].client_token == "jwt"
-    assert 5 < service.seen[0].remaining() <= 10
+    # grpcio's core rounds the grpc-timeout it sends up (to a short encoding): 10 s may arrive
+    # as a little over 10 s.
+    assert 5 < service.seen[0].remaining() <= 11
 
 
 async def test_grpcio_sees_our_errors_as_grpc_statuses(
