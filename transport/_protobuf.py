@@ -477,6 +477,8 @@ def _entry(spec: Any, data: bytes, pos: int, end: int, depth: int) -> tuple[Any,
             key = item
         else:
             value = item
+    if value is None and value_cls is not None:  # protobuf: an absent value is the default
+        value = value_cls()  # (betterproto2 keeps None, which it then cannot encode)
     return key, value
 
 

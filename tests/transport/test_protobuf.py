@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trionsm.api
-from trionsm.api.connection import Connection
+from trionsm.api.connection import Connection, ConnectionEvent
 from trionsm.errors import InvalidArgument
 from trionsm.samples import sample_connection
 from trionsm.transport._codec import check_wire, decode, encode
@@ -104,9 +104,38 @@ def messages(cls: type[betterproto2.Message], depth: int = 3) -> st.SearchStrate
 
 
 def reference_decode(cls: type[betterproto2.Message], data: bytes) -> Any:
-    """What the carriers did before: the strict check, then betterproto2's parse."""
+    """What the carriers did before: the strict check, then betterproto2's parse, with a map
+    entry's absent message value read as the empty message, as protobuf says (betterproto2
+    keeps None there, which it then cannot encode)."""
     check_wire(data, cls)
-    return cls.parse(data)
+    return with_map_defaults(cls.parse(data))
+
+
+def with_map_defaults(message: Any) -> Any:
+    if not isinstance(message, betterproto2.Message):
+        return message
+    proto = message._betterproto
+    for name, meta in proto.meta_by_field_name.items():
+        value = getattr(message, name)
+        if meta.map_meta and meta.map_meta[1].proto_type == betterproto2.TYPE_MESSAGE:
+            empty = proto.cls_by_field[f"{name}.value"]
+            for key, item in value.items():
+                value[key] = empty() if item is None else with_map_defaults(item)
+        elif isinstance(value, list):
+            for item in value:
+                with_map_defaults(item)
+        else:
+            with_map_defaults(value)
+    return message
+
+
+def test_a_map_entry_without_its_message_value_holds_the_empty_message() -> None:
+    wire = bytes([0x12, 0x02, 0x0A, 0x00])  # ConnectionEvent.connections: {"": <absent>}
+    plan = plan_for(ConnectionEvent)
+    assert plan is not None
+    decoded = decode_message(ConnectionEvent, wire, plan)
+    assert decoded.connections == {"": Connection()}
+    assert bytes(decoded) == bytes(ConnectionEvent(connections={"": Connection()}))
 
 
 def same(left: Any, right: Any) -> bool:
